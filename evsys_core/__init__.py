@@ -1,0 +1,24 @@
+"""evsys: fine-tune and evaluate language models from a YAML config.
+
+    import evsys_core
+    result = evsys_core.run("examples/sdft_walkthrough/config.yaml")
+    print(result.status, result.metrics, result.run_dir)
+
+Heavy dependencies (torch, transformers, tinker) load only when a run starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from evsys_core.runner import RunResult
+
+
+def run(config: Any, **kwargs: Any) -> "RunResult":
+    """Run a config (a path, a YAML string's path, or a RunConfig) and return its result."""
+    from evsys_core.runner import run as _run
+
+    return _run(config, **kwargs)

@@ -1,0 +1,46 @@
+"""Turning text turns into tokens and back, through the tokenizer's own chat template.
+
+One place, used by every algorithm and by benchmark scoring, so that the student's prompt,
+the teacher's prompt and a benchmark prompt are built the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def chat_messages(user: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": user}]
+
+
+def prompt_tokens(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Tokens of `messages` followed by the assistant header, ready for sampling."""
+    if getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True
+        )
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def user_prompt_tokens(tokenizer: Any, user: str, system_prompt: str | None = None) -> list[int]:
+    return prompt_tokens(tokenizer, chat_messages(user, system_prompt))
+
+
+def end_of_turn_tokens(tokenizer: Any) -> list[int]:
+    """Token ids that end an assistant turn (stop tokens for sampling)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid >= 0 and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.add(tid)
+    return sorted(ids)
+
+
+def decode_completion(tokenizer: Any, tokens: Sequence[int]) -> str:
+    """The completion's text with stop tokens and surrounding whitespace removed."""
+    stops = set(end_of_turn_tokens(tokenizer))
+    kept = [t for t in tokens if t not in stops]
+    return tokenizer.decode(kept, skip_special_tokens=True).strip()

@@ -1,0 +1,1 @@
+"""evsys-mcp: the MCP server through which a coding agent drives evsys."""
