@@ -112,3 +112,16 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
         except OSError:
             pass
     return info
+
+
+def new_run_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def inferred_run_id(run_dir: Path) -> str:
+    """A stable id for a run directory that has no run.json (runs from before it existed)."""
+    import hashlib
+
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
