@@ -14,15 +14,37 @@ def chat_messages(user: str, system_prompt: str | None = None) -> list[dict[str,
     return messages + [{"role": "user", "content": user}]
 
 
-def prompt_tokens(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Tokens of `messages` followed by the assistant header, ready for sampling."""
+def chat_tokens(tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    """Tokens of `messages` through the tokenizer's chat template."""
     if getattr(tokenizer, "chat_template", None):
         out = tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True
+            list(messages), add_generation_prompt=add_generation_prompt, tokenize=True
         )
-        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-    return tokenizer.encode(text, add_special_tokens=False)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return tokenizer.encode(text + ("assistant: " if add_generation_prompt else ""), add_special_tokens=False)
+
+
+def prompt_tokens(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Tokens of `messages` followed by the assistant header, ready for sampling."""
+    return chat_tokens(tokenizer, messages, add_generation_prompt=True)
+
+
+def assistant_mask(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[float]]:
+    """Tokens of a whole conversation and a 0/1 weight per token: 1 on assistant turns only.
+
+    Each assistant turn spans from the end of the conversation-so-far with the assistant
+    header (add_generation_prompt) to the end of the conversation including that turn.
+    """
+    tokens = chat_tokens(tokenizer, messages, add_generation_prompt=False)
+    weights = [0.0] * len(tokens)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(chat_tokens(tokenizer, messages[:i], add_generation_prompt=True))
+        end = len(chat_tokens(tokenizer, messages[: i + 1], add_generation_prompt=False))
+        weights[start:end] = [1.0] * (end - start)
+    return tokens, weights
 
 
 def user_prompt_tokens(tokenizer: Any, user: str, system_prompt: str | None = None) -> list[int]:

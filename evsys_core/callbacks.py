@@ -1,0 +1,161 @@
+"""Where a run's progress goes: the run directory (`local_logger`) and the terminal.
+
+`LocalLogger` writes the run-directory contract of DESIGN.md: `run.json`, `config.yaml`,
+`metrics.jsonl`, `predictions/<bench>.jsonl`, `summary.md` (+ `learning_curve.png`).
+Every JSONL line is written whole and flushed; run.json is replaced atomically.
+`Progress` shows step, loss, the last eval and the ETA: a live bar in a terminal, plain
+lines otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from evsys_core import rundir
+
+
+class LocalLogger:
+    def __init__(self, run_dir: Path, info: dict[str, Any]):
+        self.run_dir = run_dir
+        self.info = info
+        self.evals: list[tuple[int, dict[str, float]]] = []
+        self.last_train: dict[str, float] = {}
+        (run_dir / rundir.PREDICTIONS).mkdir(exist_ok=True)
+
+    def update(self, **fields: Any) -> None:
+        self.info.update(fields)
+        rundir.write_json_atomic(self.run_dir / rundir.RUN_JSON, self.info)
+
+    def log_metrics(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        rundir.append_jsonl(self.run_dir / rundir.METRICS, {"step": step, "split": split, "metrics": metrics})
+        if split == "train":
+            self.last_train = metrics
+        else:
+            self.evals.append((step, metrics))
+
+    def log_predictions(self, bench: str, step: int, rows: list[dict[str, Any]]) -> None:
+        path = self.run_dir / rundir.PREDICTIONS / f"{bench}.jsonl"
+        for row in rows:
+            rundir.append_jsonl(path, {"step": step, **row})
+
+    def final_metrics(self) -> dict[str, float]:
+        """The last training row and the latest value of every eval metric."""
+        final = dict(self.last_train)
+        for _, metrics in self.evals:
+            final.update(metrics)
+        return final
+
+    def finish(self, status: str, error: str | None = None) -> dict[str, float]:
+        final = self.final_metrics()
+        self.update(status=status, ended_at=time.time(), error=error, final_metrics=final)
+        curve = self._plot()
+        rundir.write_text_atomic(self.run_dir / rundir.SUMMARY, self._summary(status, final, error, curve))
+        return final
+
+    def _summary(self, status: str, final: dict[str, float], error: str | None, curve: str | None) -> str:
+        i = self.info
+        took = (i.get("ended_at") or time.time()) - (i.get("started_at") or i["created_at"])
+        lines = [
+            f"# {i['name']}",
+            "",
+            f"Status: {status}",
+            f"Algorithm: {i['algorithm']} · Model: {i['model']} · Backend: {i['backend']}",
+            f"Steps: {i.get('step', 0)} / {i.get('max_steps')} · Duration: {format_duration(took)}",
+            f"Run id: {i['id']}",
+        ]
+        if error:
+            lines += ["", f"Error: {error}"]
+        lines += ["", "## Final metrics", ""]
+        lines += [f"- {k}: {format_value(v)}" for k, v in sorted(final.items())] or ["- (none)"]
+        lines += ["", "## Evaluations", ""]
+        lines += [f"- step {step}: " + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(m.items()))
+                  for step, m in self.evals] or ["- (none)"]
+        if curve:
+            lines += ["", f"![learning curve]({curve})"]
+        return "\n".join(lines) + "\n"
+
+    def _plot(self) -> str | None:
+        """learning_curve.png: training loss and every eval metric against step."""
+        rows = list(rundir.read_jsonl(self.run_dir / rundir.METRICS))
+        if len(rows) < 2:
+            return None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        series: dict[str, list[tuple[int, float]]] = {}
+        for row in rows:
+            for k, v in row["metrics"].items():
+                if isinstance(v, (int, float)):
+                    series.setdefault(k, []).append((row["step"], v))
+        fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for k, pts in series.items():
+            ax = ax_train if k.startswith("train/") else ax_eval
+            if k.startswith("train/") and k not in ("train/mean_loss", "train/mean_reward", "train/kl"):
+                continue
+            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=k)
+        for ax, title in ((ax_train, "training"), (ax_eval, "evaluation")):
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "learning_curve.png", dpi=90)
+        plt.close(fig)
+        return "learning_curve.png"
+
+
+class Progress:
+    """Step, loss, last eval and ETA: a rich progress bar on a TTY, plain lines otherwise."""
+
+    def __init__(self, total: int, start: int = 0, stream: Any = None, live: bool | None = None):
+        self.total, self.start = total, start
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else live
+        self.t0 = time.time()
+        self.last_eval = ""
+        self._bar = None
+        if self.live:
+            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+            self._bar = Bar(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self._task = self._bar.add_task("train", total=total, completed=start, info="")
+            self._bar.start()
+
+    def eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.last_eval = " ".join(f"{k} {format_value(v)}" for k, v in metrics.items())
+        if not self.live:
+            print(f"eval step {step}: {self.last_eval}", file=self.stream, flush=True)
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        loss = metrics.get("train/mean_loss")
+        info = " · ".join(x for x in (f"loss {loss:.4f}" if loss is not None else "", self.last_eval) if x)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=info)
+            return
+        done = step - self.start
+        per_step = (time.time() - self.t0) / max(done, 1)
+        eta = format_duration(per_step * (self.total - step))
+        print(f"step {step}/{self.total} · {info} · {per_step:.1f} s/step · eta {eta}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def format_value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    m, s = divmod(seconds, 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

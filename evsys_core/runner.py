@@ -1,0 +1,315 @@
+"""From a YAML config to a trained model with in-loop scores and a run directory.
+
+    evsys run CONFIG [--set KEY=VALUE ...] [--run-name NAME] [--resume RUN_DIR]
+    evsys_core.run(config_or_path) -> RunResult(status, metrics, run_dir)
+
+The order of a run: load and check everything that can be checked (config, data, tasks,
+output directory) before anything is written; claim a fresh run directory; start the
+backend; evaluate in-loop benchmarks at step 0; let the algorithm loop; evaluate, checkpoint
+and report progress after each step; evaluate the after-training benchmarks; write the
+summary. SIGTERM or Ctrl-C stops after the current step with a final checkpoint and status
+`interrupted`; `--resume` continues a run from its last checkpoint in the same directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from evsys_core import rundir
+from evsys_core.errors import ConfigError, EvsysError, RunError
+
+
+@dataclass
+class RunResult:
+    status: str
+    metrics: dict[str, float]
+    run_dir: Path
+    run_id: str = ""
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """Everything checked before a single file is written."""
+    cfg: Any
+    dataset: Any
+    benchmarks: list[tuple[Any, list[Any]]]
+    output_dir: Path
+    run_name: str
+
+
+def _plan(cfg: Any) -> _Plan:
+    from evsys_core.algorithms import DATA_FORMATS
+    from evsys_core.data import load_dataset, load_tasks
+
+    dataset = load_dataset(cfg.data, cfg.workspace)
+    kind = cfg.algorithm.kind
+    if dataset.format not in DATA_FORMATS[kind]:
+        raise ConfigError(
+            f"{cfg.data.path}: algorithm.kind {kind!r} trains on {' or '.join(DATA_FORMATS[kind])} rows, "
+            f"but the data holds {dataset.format} rows; point data.path at matching data or add a data.transform"
+        )
+    benchmarks = [(spec, load_tasks(Path(spec.path))) for spec in cfg.metadata.benchmark]
+    logger = next((c for c in cfg.callbacks if c.kind == "local_logger"), None)
+    output_dir = Path(logger.params.output_dir) if logger else cfg.workspace / "outputs"
+    run_name = (logger.params.run_name if logger else None) or (
+        Path(cfg.source_path).stem if getattr(cfg, "source_path", None) else "run")
+    _check_writable(output_dir)
+    return _Plan(cfg, dataset, benchmarks, output_dir, run_name)
+
+
+def _check_writable(output_dir: Path) -> None:
+    """Fail before training, with a clear message, if run files could not be written."""
+    probe = output_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write run files under {output_dir} ({probe} is not writable); "
+                       "set callbacks[].params.output_dir to a writable directory")
+    if probe == output_dir:
+        st = os.statvfs(output_dir)
+        if st.f_bavail * st.f_frsize < 50 * 2**20:
+            raise RunError(f"less than 50 MB free under {output_dir}; free some space or choose another output_dir")
+
+
+def _git_commit(workspace: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = None,
+        run_name: str | None = None, run_dir: Path | None = None, resume: Path | None = None,
+        stream: Any = None) -> RunResult:
+    """Run a config (path or RunConfig). Bad input raises EvsysError before anything is written."""
+    from evsys_core.config import config_to_yaml, load_config
+
+    if resume is not None:
+        resume = Path(resume)
+        if not (resume / "config.yaml").exists():
+            raise RunError(f"{resume}: not a run directory (no config.yaml); pass the directory of the run to resume")
+        cfg = load_config(resume / "config.yaml", overrides, workspace)
+    elif isinstance(config, (str, Path)):
+        cfg = load_config(config, overrides, workspace)
+    else:
+        cfg = config
+    plan = _plan(cfg)
+    yaml_text = config_to_yaml(cfg)
+
+    if resume is not None:
+        run_dir = resume
+        info = rundir.read_run_json(run_dir)
+        if info.get("status") == rundir.ACTIVE:
+            raise RunError(f"{run_dir} is still running (pid {info.get('pid')}); cancel it before resuming")
+        start_step = _rewind(run_dir)
+        info.update(status=rundir.ACTIVE, pid=os.getpid(), ended_at=None, error=None, resumed_at=time.time())
+    else:
+        run_dir = Path(run_dir) if run_dir else rundir.claim_run_dir(plan.output_dir, run_name or plan.run_name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        start_step = 0
+        now = time.time()
+        claimed = rundir.read_run_json(run_dir)  # a launcher may have written a provisional one
+        info = {
+            "id": claimed.get("id") or rundir.new_run_id(), "name": run_dir.name, "status": rundir.ACTIVE,
+            "created_at": now, "started_at": now, "ended_at": None,
+            "algorithm": cfg.algorithm.kind, "model": cfg.model.name, "backend": cfg.backend.kind,
+            "config_hash": hashlib.sha256(yaml_text.encode()).hexdigest()[:16],
+            "git_commit": _git_commit(cfg.workspace), "parent_run_id": None, "pid": os.getpid(),
+            "step": 0, "max_steps": None, "error": None,
+            "config_path": str(cfg.source_path) if getattr(cfg, "source_path", None) else None,
+            "final_metrics": {},
+        }
+        rundir.write_text_atomic(run_dir / "config.yaml", yaml_text)
+
+    from evsys_core.callbacks import LocalLogger
+
+    logger = LocalLogger(run_dir, info)
+    logger.update()
+    return _train(plan, logger, start_step, stream)
+
+
+def _rewind(run_dir: Path) -> int:
+    """Drop log rows past the last checkpoint, so a resumed run logs no step twice."""
+    latest = run_dir / rundir.CHECKPOINTS / "latest.json"
+    if not latest.exists():
+        raise RunError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
+    import json
+
+    step = int(json.loads(latest.read_text())["step"])
+    for path in [run_dir / rundir.METRICS, *sorted((run_dir / rundir.PREDICTIONS).glob("*.jsonl"))]:
+        if path.exists():
+            kept = [r for r in rundir.read_jsonl(path) if r.get("step", 0) <= step]
+            rundir.write_text_atomic(path, "".join(_json_line(r) for r in kept))
+    return step
+
+
+def _json_line(row: dict) -> str:
+    import json
+
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+class _StopFlag:
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
+    from evsys_core.algorithms import get_algorithm
+    from evsys_core.algorithms.context import TrainContext
+    from evsys_core.callbacks import Progress
+
+    cfg, run_dir = plan.cfg, logger.run_dir
+    out = stream or sys.stdout
+    status, error, progress = "failed", None, None
+    with _StopFlag() as stop:
+        try:
+            from evsys_core.backends import get_service
+
+            print(f"Run {logger.info['name']} ({logger.info['id']}): {cfg.algorithm.kind} on {cfg.model.name} "
+                  f"[{cfg.backend.kind}] -> {run_dir}", file=out, flush=True)
+            service = get_service(cfg.backend.kind, device=cfg.backend.device, seed=cfg.seed)
+            tc = service.create_lora_training_client(base_model=cfg.model.name, rank=cfg.algorithm.params.lora_rank,
+                                                     seed=cfg.seed)
+            if start_step:
+                tc.load_state(_latest_checkpoint(run_dir)).result()
+            ctx = TrainContext(params=cfg.algorithm.params, training_client=tc, rows=plan.dataset.rows,
+                               seed=cfg.seed, start_step=start_step, task_dir=Path(cfg.data.path).parent,
+                               should_stop=lambda: stop.requested)
+            logger.update(max_steps=ctx.total_steps)
+            progress = Progress(ctx.total_steps, start_step, stream=out)
+            in_loop = [(s, t) for s, t in plan.benchmarks if s.run_every]
+            after = [(s, t) for s, t in plan.benchmarks if not s.run_every]
+            if start_step == 0 and in_loop:
+                _evaluate(ctx, in_loop, 0, logger, progress, cfg)
+
+            def on_step_end(step: int, metrics: dict[str, float]) -> None:
+                logger.log_metrics(step, "train", metrics)
+                due = [(s, t) for s, t in in_loop if step % s.run_every == 0 or step == ctx.total_steps]
+                if due:
+                    _evaluate(ctx, due, step, logger, progress, cfg)
+                every = cfg.algorithm.params.checkpoint_every
+                if every and step % every == 0 and step != ctx.total_steps:
+                    _checkpoint(tc, run_dir, step)
+                logger.update(step=step)
+                progress.step(step, metrics)
+
+            ctx.on_step_end = on_step_end
+            get_algorithm(cfg.algorithm.kind)(ctx)
+
+            step = logger.info.get("step", 0)
+            _checkpoint(tc, run_dir, step, final=not stop.requested)
+            if stop.requested:
+                status = "interrupted"
+            else:
+                if after:
+                    _evaluate(ctx, after, step, logger, progress, cfg)
+                status = "completed"
+        except KeyboardInterrupt:
+            status, error = "interrupted", "aborted by a second interrupt"
+        except EvsysError as e:
+            error = str(e)
+        except Exception as e:  # a crash is recorded in the run, then reported
+            error = f"{type(e).__name__}: {e}"
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            if progress is not None:
+                progress.close()
+    metrics = logger.finish(status, error)
+    rel = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
+    print(f"Status: {status}", file=out)
+    if error:
+        print(f"Error: {error}", file=out)
+    print(f"Metrics: {metrics}", file=out)
+    print(f"Logs: {rel} (metrics.jsonl, predictions/, summary.md)", file=out, flush=True)
+    return RunResult(status, metrics, run_dir, logger.info["id"], error)
+
+
+def _evaluate(ctx: Any, benches: list[tuple[Any, list[Any]]], step: int, logger: Any, progress: Any, cfg: Any) -> None:
+    from evsys_core.benchmarks.scoring import evaluate
+
+    sampler = ctx.sampler()
+    for spec, tasks in benches:
+        result = evaluate(sampler, ctx.tokenizer, spec, tasks, system_prompt=cfg.algorithm.params.system_prompt)
+        logger.log_metrics(step, spec.split, result.metrics)
+        logger.log_predictions(spec.name, step, result.predictions)
+        progress.eval(step, result.metrics)
+
+
+def _checkpoint(tc: Any, run_dir: Path, step: int, final: bool = False) -> None:
+    """Save adapter + optimizer state; `latest.json` points at it for --resume."""
+    ckpt_dir = run_dir / rundir.CHECKPOINTS
+    ckpt_dir.mkdir(exist_ok=True)
+    name = "final" if final else f"step_{step:06d}"
+    path = tc.save_state(str(ckpt_dir / name)).result().path
+    rundir.write_json_atomic(ckpt_dir / "latest.json", {"step": step, "path": str(path), "name": name})
+
+
+def _latest_checkpoint(run_dir: Path) -> str:
+    import json
+
+    return json.loads((run_dir / rundir.CHECKPOINTS / "latest.json").read_text())["path"]
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="train a model from a YAML config",
+                       description="Train from CONFIG; writes a run directory (metrics.jsonl, predictions/, summary.md).")
+    p.add_argument("config", nargs="?", help="path to the YAML config (omit with --resume)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set algorithm.params.max_steps=10")
+    p.add_argument("--run-name", help="name of the run directory (default: the local_logger run_name)")
+    p.add_argument("--run-dir", type=Path, help=argparse_suppress())
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--workspace", type=Path, help="root that relative paths resolve against (default: cwd)")
+    p.set_defaults(func=_cmd_run)
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _cmd_run(args: Any) -> int:
+    from evsys_core.errors import UsageError
+
+    if not args.config and not args.resume:
+        raise UsageError("give a CONFIG to run, or --resume RUN_DIR")
+    result = run(args.config, args.overrides, workspace=args.workspace, run_name=args.run_name,
+                 run_dir=args.run_dir, resume=args.resume)
+    return 0 if result.status == "completed" else 1
