@@ -49,8 +49,7 @@ class _Plan:
 
 
 def _plan(cfg: Any) -> _Plan:
-    from evsys_core.algorithms import DATA_FORMATS
-    from evsys_core.data import load_dataset, load_tasks
+    from evsys_core.data import FORMATS_FOR_ALGORITHM as DATA_FORMATS, load_dataset, load_tasks
 
     dataset = load_dataset(cfg.data, cfg.workspace)
     kind = cfg.algorithm.kind

@@ -18,13 +18,6 @@ ALGORITHMS: dict[str, str] = {
     "rl": "evsys_core.algorithms.rl",
 }
 
-# The data format each algorithm trains on (see evsys_core.data).
-DATA_FORMATS: dict[str, tuple[str, ...]] = {
-    "sft": ("chat", "prompt_completion"),
-    "sdft": ("prompt",),
-    "rl": ("task",),
-}
-
 
 def get_algorithm(kind: str) -> Callable:
     return importlib.import_module(ALGORITHMS[kind]).train
