@@ -9,7 +9,7 @@ Heavy dependencies (torch, transformers, tinker) load only when a run starts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 __version__ = "0.1.0"
 
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from evsys_core.runner import RunResult
 
 
-def run(config: Any, **kwargs: Any) -> "RunResult":
-    """Run a config (a path, a YAML string's path, or a RunConfig) and return its result."""
+def run(config: Any, overrides: Sequence[str] = (), **kwargs: Any) -> "RunResult":
+    """Run a config (a path or a RunConfig) with `KEY=VALUE` overrides; see `runner.run`."""
     from evsys_core.runner import run as _run
 
-    return _run(config, **kwargs)
+    return _run(config, overrides, **kwargs)

@@ -99,6 +99,8 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
         resume = Path(resume)
         if not (resume / "config.yaml").exists():
             raise RunError(f"{resume}: not a run directory (no config.yaml); pass the directory of the run to resume")
+        if not (resume / rundir.CHECKPOINTS / "latest.json").exists():
+            raise RunError(f"{resume} has no checkpoint to resume from; start a new run instead")
         cfg = load_config(resume / "config.yaml", overrides, workspace)
     elif isinstance(config, (str, Path)):
         cfg = load_config(config, overrides, workspace)
@@ -141,12 +143,9 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
 
 def _rewind(run_dir: Path) -> int:
     """Drop log rows past the last checkpoint, so a resumed run logs no step twice."""
-    latest = run_dir / rundir.CHECKPOINTS / "latest.json"
-    if not latest.exists():
-        raise RunError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
     import json
 
-    step = int(json.loads(latest.read_text())["step"])
+    step = int(json.loads((run_dir / rundir.CHECKPOINTS / "latest.json").read_text())["step"])
     for path in [run_dir / rundir.METRICS, *sorted((run_dir / rundir.PREDICTIONS).glob("*.jsonl"))]:
         if path.exists():
             kept = [r for r in rundir.read_jsonl(path) if r.get("step", 0) <= step]

@@ -114,13 +114,13 @@ def _reverse_kl_datum(datum: Any, student_lp: np.ndarray, start: int, teacher_p:
 
     lp = student_lp[start:start + len(teacher_p)].astype(np.float64)
     mask = teacher_p > 0
-    lq = np.where(mask, lp, -np.inf)
-    lq = lq - np.logaddexp.reduce(lq, axis=1, keepdims=True)
+    rows_on = mask.any(axis=1, keepdims=True)
+    norm = np.logaddexp.reduce(np.where(mask, lp, -np.inf), axis=1, keepdims=True)
+    lq = np.where(mask, lp - np.where(rows_on, norm, 0.0), 0.0)
     q = np.where(mask, np.exp(lq), 0.0)
     log_ratio = np.where(mask, lq - np.log(np.where(mask, teacher_p, 1.0)), 0.0)
     kl = (q * log_ratio).sum(axis=1, keepdims=True)
-    rows_on = mask.any(axis=1, keepdims=True)
-    w = np.where(rows_on, -q * (log_ratio - kl), 0.0).astype(np.float32)
+    w = np.where(mask, -q * (log_ratio - kl), 0.0).astype(np.float32)
     weights = datum.loss_fn_inputs["weights"].to_numpy().copy()
     weights[start:start + len(teacher_p)] = w
     return types.Datum(model_input=datum.model_input,

@@ -1,0 +1,170 @@
+"""The runner end to end on the tiny random model: every algorithm, the run-directory contract,
+reruns, resume, and the sdft teacher/student prompts."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+import evsys_core
+from evsys_core import rundir
+from evsys_core.errors import ConfigError, RunError
+
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima")]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tasks(n: int = 3, fn: str = "contains") -> list[dict]:
+    return [{"task_id": f"t{i}", "instruction": f"What is the capital of {c}?",
+             "verifier": {"kind": "in_process", "fn_name": fn, "expected": cap}}
+            for i, (c, cap) in enumerate(CAPITALS[:n])]
+
+
+def make_workspace(tmp_path: Path, model: Path, kind: str, params: str, bench: str = "run_every: 1, split: val") -> Path:
+    if kind == "sdft":
+        rows = [{"inputs": {"question": f"What is the capital of {c}?"}, "expected": cap} for c, cap in CAPITALS]
+    elif kind == "sft":
+        rows = [{"messages": [{"role": "user", "content": f"What is the capital of {c}?"},
+                              {"role": "assistant", "content": cap}]} for c, cap in CAPITALS]
+    else:
+        rows = tasks(4)
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "data" / "val" / "tasks.jsonl", tasks())
+    (tmp_path / "config.yaml").write_text(f"""
+model: {{ name: "{model}" }}
+backend: {{ kind: local }}
+data: {{ source_kind: jsonl, path: data/train.jsonl }}
+algorithm:
+  kind: {kind}
+  params: {{ learning_rate: 1.0e-3, max_steps: 2, batch_size: 2, lora_rank: 2, {params} }}
+metadata:
+  benchmark:
+    - {{ name: val, path: data/val, {bench}, metrics: [pass@1], max_tokens: 6 }}
+callbacks:
+  - {{ kind: local_logger, params: {{ output_dir: outputs, run_name: demo }} }}
+seed: 3
+""")
+    return tmp_path
+
+
+def run(ws: Path, *overrides: str, **kw):
+    out = io.StringIO()
+    result = evsys_core.run(ws / "config.yaml", list(overrides), workspace=ws, stream=out, **kw)
+    return result, out.getvalue()
+
+
+def check_contract(run_dir: Path, steps: int, eval_steps: list[int], n_tasks: int = 3) -> list[dict]:
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["step"] == steps and info["max_steps"] == steps
+    for key in ("id", "name", "created_at", "started_at", "ended_at", "algorithm", "model", "backend",
+                "config_hash", "pid", "final_metrics"):
+        assert key in info, key
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r) == {"step", "split", "metrics"} for r in rows)
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, steps + 1))
+    assert all("train/mean_loss" in r["metrics"] for r in train)
+    evals = [r for r in rows if r["split"] == "val"]
+    assert [r["step"] for r in evals] == eval_steps
+    assert all(set(r["metrics"]) == {"val/val/pass@1"} for r in evals)
+    preds = [json.loads(line) for line in (run_dir / "predictions" / "val.jsonl").read_text().splitlines()]
+    assert len(preds) == n_tasks * len(eval_steps)
+    assert {"step", "task_id", "instruction", "answer", "score", "passed"} <= set(preds[0])
+    summary = (run_dir / "summary.md").read_text()
+    assert "Status: completed" in summary
+    assert summary.count("- step ") == len(eval_steps)
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "final").is_dir()
+    return train
+
+
+@pytest.mark.parametrize("kind,params,extra", [
+    ("sft", "", set()),
+    ("sdft", "topk: 5, max_tokens: 6", {"train/kl", "train/completion_len", "train/teacher_top1_agree"}),
+    ("sdft", "topk: 5, max_tokens: 6, kl: reverse, skip_first_tokens: 1", {"train/kl"}),
+    ("rl", "group_size: 3, max_tokens: 6", {"train/mean_reward", "train/completion_len"}),
+])
+def test_each_algorithm_writes_the_run_directory_contract(tmp_path, tiny_model_dir, kind, params, extra):
+    ws = make_workspace(tmp_path, tiny_model_dir, kind, params)
+    result, printed = run(ws)
+    assert result.status == "completed", printed
+    assert result.run_dir == ws / "outputs" / "demo"
+    train = check_contract(result.run_dir, 2, [0, 1, 2])
+    assert extra <= set(train[-1]["metrics"])
+    assert "Status: completed" in printed and "Metrics: {" in printed
+    assert "(metrics.jsonl, predictions/, summary.md)" in printed
+    assert "val/val/pass@1" in result.metrics
+    assert result.metrics["train/mean_loss"] == train[-1]["metrics"]["train/mean_loss"]
+
+
+def test_benchmark_without_run_every_runs_once_after_training(tmp_path, tiny_model_dir):
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "", bench="split: test")
+    result, _ = run(ws)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in rows if r["split"] != "train"] == [(2, "test")]
+    assert "test/val/pass@1" in result.metrics
+
+
+def test_rerun_never_overwrites_a_finished_run(tmp_path, tiny_model_dir):
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
+    first, _ = run(ws, "algorithm.params.max_steps=1")
+    before = (first.run_dir / "metrics.jsonl").read_text()
+    second, _ = run(ws, "algorithm.params.max_steps=1")
+    assert second.run_dir == ws / "outputs" / "demo-2"
+    assert (first.run_dir / "metrics.jsonl").read_text() == before
+    assert json.loads((second.run_dir / "run.json").read_text())["id"] != first.run_id
+
+
+def test_resume_continues_from_the_last_checkpoint_without_logging_a_step_twice(tmp_path, tiny_model_dir):
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "checkpoint_every: 1", bench="run_every: 2")
+    first, _ = run(ws, "algorithm.params.max_steps=3")
+    run_dir = first.run_dir
+    # Pretend the process died after logging step 3 but before its final checkpoint.
+    latest = run_dir / "checkpoints" / "latest.json"
+    latest.write_text(json.dumps({"step": 2, "path": str(run_dir / "checkpoints" / "step_000002")}))
+    info = json.loads((run_dir / "run.json").read_text())
+    rundir.write_json_atomic(run_dir / "run.json", {**info, "status": "interrupted"})
+
+    resumed, printed = run(ws, resume=run_dir)
+    assert resumed.status == "completed", printed
+    assert resumed.run_dir == run_dir
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [0, 2, 3]
+
+
+def test_resume_refuses_a_directory_without_checkpoint(tmp_path):
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.raises(RunError, match="no checkpoint"):
+        evsys_core.run(None, resume=tmp_path)
+
+
+def test_bad_input_fails_before_any_file_is_written(tmp_path, tiny_model_dir):
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
+    (ws / "data" / "train.jsonl").write_text('{"inputs": {"question": "q"}, "expected": "a"}\n')
+    with pytest.raises(ConfigError, match="algorithm.kind .sft. trains on chat or prompt_completion rows"):
+        run(ws)
+    assert not (ws / "outputs").exists()
+
+
+def test_sdft_teacher_sees_the_gold_answer_and_the_student_does_not(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from evsys_core.algorithms.sdft import student_prompt, teacher_prompt
+    from evsys_core.config import SDFTParams
+    from evsys_core.data import PromptExample
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ex = PromptExample(inputs={"question": "What is the capital of Brazil?"}, expected="Brasilia")
+    params = SDFTParams()
+    student = tok.decode(student_prompt(tok, params, ex))
+    teacher = tok.decode(teacher_prompt(tok, params, ex))
+    assert "Brazil" in student and "Brasilia" not in student
+    assert "Brazil" in teacher and "Hint: the answer is Brasilia." in teacher
