@@ -1,0 +1,97 @@
+"""Score a sampling client on a benchmark: sample, verify, compute metrics.
+
+Every task's request is submitted before any is waited on, so the local engine runs them
+as one batch (and Tinker runs them concurrently). The spec is a config `BenchmarkSpec`
+(or anything with its fields: name, path, split, metrics, num_samples, max_tokens,
+temperature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from evsys_core import render
+from evsys_core.benchmarks import passk
+from evsys_core.benchmarks.verifiers import Verdict, check_spec, verify
+from evsys_core.errors import BackendError, ConfigError, DataError
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]                      # "<split>/<name>/<metric>" -> value
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sampling_settings(spec: Any) -> tuple[int, float, int]:
+    """(num_samples, temperature, max_tokens) with the documented defaults filled in:
+    num_samples = the largest k among the pass@k metrics; temperature 0.0 for one sample,
+    else 1.0."""
+    metrics = list(getattr(spec, "metrics", None) or ["pass@1"])
+    where = f"benchmark {getattr(spec, 'name', '?')!r}"
+    try:
+        needed = passk.samples_needed(metrics)
+    except ValueError as e:
+        raise ConfigError(f"{where}: metrics: {e}") from None
+    n = getattr(spec, "num_samples", None) or needed
+    if n < needed:
+        raise ConfigError(f"{where}: num_samples is {n} but metric pass@{needed} needs at "
+                          f"least {needed} samples per task; raise num_samples to {needed} "
+                          "or leave it unset")
+    temperature = getattr(spec, "temperature", None)
+    if temperature is None:
+        temperature = 0.0 if n == 1 else 1.0
+    max_tokens = getattr(spec, "max_tokens", None) or 64
+    return int(n), float(temperature), int(max_tokens)
+
+
+def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[Any], *,
+             system_prompt: str | None = None, seed: int = 0) -> EvalResult:
+    """Sample `num_samples` answers per task, verify each, and compute the spec's metrics.
+
+    Prediction rows: task_id, instruction, sample (index), answer, score, passed, reason.
+    Raises ConfigError / DataError / VerifierError for a bad spec or task *before* sampling;
+    verifiers themselves never raise (a failure is score 0 with its reason).
+    """
+    from tinker import types  # lazy: importing tinker takes seconds
+
+    if not tasks:
+        raise DataError(f"benchmark {spec.name!r} at {spec.path}: tasks.jsonl holds no tasks; "
+                        "add one JSON object per line")
+    n, temperature, max_tokens = sampling_settings(spec)
+    task_dir = Path(spec.path)
+    for task in tasks:
+        check_spec(task.verifier, task_dir, task_id=task.task_id)
+
+    stop = render.end_of_turn_tokens(tokenizer)
+    futures = []
+    for i, task in enumerate(tasks):
+        toks = render.user_prompt_tokens(tokenizer, task.instruction, system_prompt)
+        params = types.SamplingParams(max_tokens=max_tokens, temperature=temperature,
+                                      stop=stop, seed=seed + i)
+        futures.append(sampling_client.sample(prompt=types.ModelInput.from_ints(toks),
+                                              num_samples=n, sampling_params=params))
+
+    predictions: list[dict[str, Any]] = []
+    per_task: list[list[tuple[float, bool]]] = []
+    for task, future in zip(tasks, futures):
+        response = future.result()
+        samples: list[tuple[float, bool]] = []
+        for j, seq in enumerate(response.sequences):
+            answer = render.decode_completion(tokenizer, seq.tokens)
+            verdict: Verdict = verify(task.verifier, answer, task_dir)
+            samples.append((verdict.score, verdict.passed))
+            predictions.append({
+                "task_id": task.task_id, "instruction": task.instruction, "sample": j,
+                "answer": answer, "score": verdict.score, "passed": verdict.passed,
+                "reason": verdict.reason,
+            })
+        if len(samples) != n:
+            raise BackendError(f"the sampler returned {len(samples)} samples for task "
+                            f"{task.task_id!r}, asked for {n}")
+        per_task.append(samples)
+
+    values = passk.compute_metrics(list(spec.metrics or ["pass@1"]), per_task)
+    prefix = f"{spec.split}/{spec.name}/"
+    return EvalResult({prefix + k: v for k, v in values.items()}, predictions)
