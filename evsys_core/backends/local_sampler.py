@@ -1,0 +1,249 @@
+"""Batched sampling for the local engine: one prefill per prompt, then a KV-cached decode loop.
+
+`generate(model, requests, ...)` answers a list of `SampleRequest`s together:
+- prompts are left-padded into one batch and prefilled once; a request with
+  `num_samples = n` has its prompt's KV cache replicated n times, never recomputed;
+- prompt logprobs and top-K prompt logprobs come from that same prefill;
+- every row then decodes with its own temperature / top_k / top_p / stop / max_tokens.
+
+Reported logprobs are log_softmax of the raw logits (the model's own distribution, before
+temperature and top-k/top-p), so that they equal what `forward` computes for the same tokens
+— the quantity importance sampling and PPO divide by.
+
+Randomness: each request owns a torch.Generator seeded from its `seed`, and draws Gumbel
+noise for all of its rows at every step it is active, so a seeded request gives the same
+tokens whatever else shares its batch (up to float rounding from padding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tinker import types
+from tinker.types.topk_logprobs import MASK_LOGPROB, TopkLogprobs
+
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass
+class SampleRequest:
+    """One `sample` call, waiting in a client's queue."""
+
+    tokens: list[int]
+    num_samples: int
+    params: types.SamplingParams
+    prompt_logprobs: bool
+    topk: int
+    seed: int
+    id: str
+    response: types.SampleResponse | None = None
+    error: BaseException | None = None
+    done: bool = field(default=False)
+
+
+@dataclass
+class _Stops:
+    ids: list[int]
+    strings: list[str]
+
+
+def stop_rule(stop: Any, eos_ids: Sequence[int]) -> _Stops:
+    """None: stop at EOS; [] : never stop early; ints: those tokens; strings: those texts."""
+    if stop is None:
+        return _Stops(list(eos_ids), [])
+    if isinstance(stop, str):
+        return _Stops([], [stop])
+    stop = list(stop)
+    return _Stops([int(s) for s in stop if not isinstance(s, str)], [s for s in stop if isinstance(s, str)])
+
+
+def _prefill_batch(reqs: Sequence[SampleRequest], pad_id: int, device: Any):
+    width = max(len(r.tokens) for r in reqs)
+    ids = torch.full((len(reqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(reqs), width), dtype=torch.long)
+    for i, r in enumerate(reqs):
+        ids[i, width - len(r.tokens):] = torch.tensor(r.tokens)
+        mask[i, width - len(r.tokens):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _prompt_scores(logits: torch.Tensor, req: SampleRequest):
+    """(prompt logprobs with NaN at 0, TopkLogprobs or None) from one row's prefill logits."""
+    n = len(req.tokens)
+    lp = torch.log_softmax(logits[logits.shape[0] - n : -1].float(), dim=-1)  # predicts tokens 1..n-1
+    prompt_lp = None
+    if req.prompt_logprobs:
+        targets = torch.tensor(req.tokens[1:], device=lp.device)[:, None]
+        prompt_lp = np.full(n, np.nan, dtype=np.float32)
+        prompt_lp[1:] = lp.gather(-1, targets).squeeze(-1).cpu().numpy()
+    topk = None
+    if req.topk > 0:
+        k = min(req.topk, lp.shape[-1])
+        vals, idx = lp.topk(k, dim=-1)
+        ids = np.zeros((n, k), dtype=np.int32)
+        lps = np.full((n, k), MASK_LOGPROB, dtype=np.float32)
+        ids[1:], lps[1:] = idx.cpu().numpy(), vals.cpu().numpy()
+        topk = TopkLogprobs(token_ids=ids, logprobs=lps)
+    return prompt_lp, topk
+
+
+class _Rows:
+    """Per-row decoding settings as tensors (rows = samples, grouped by request)."""
+
+    def __init__(self, reqs: Sequence[SampleRequest], eos_ids: Sequence[int], max_len: int, device: Any):
+        self.req_of_row = [i for i, r in enumerate(reqs) for _ in range(r.num_samples)]
+        self.rules = [stop_rule(r.params.stop, eos_ids) for r in reqs]
+        per_row = lambda f: [f(reqs[i]) for i in self.req_of_row]  # noqa: E731
+        self.temp = torch.tensor(per_row(lambda r: float(r.params.temperature)), device=device)
+        top_k = torch.tensor(per_row(lambda r: int(r.params.top_k)), device=device)
+        self.top_k = torch.where(top_k > 0, top_k, torch.full_like(top_k, 1 << 30))
+        self.top_p = torch.tensor(per_row(lambda r: float(r.params.top_p)), device=device)
+        self.max_tokens = [
+            min(r.params.max_tokens or DEFAULT_MAX_TOKENS, max(1, max_len - len(r.tokens)))
+            for r in (reqs[i] for i in self.req_of_row)
+        ]
+        n_stop = max([len(self.rules[i].ids) for i in self.req_of_row] + [1])
+        stop_ids = torch.full((len(self.req_of_row), n_stop), -1, dtype=torch.long)
+        for row, i in enumerate(self.req_of_row):
+            stop_ids[row, : len(self.rules[i].ids)] = torch.tensor(self.rules[i].ids, dtype=torch.long)
+        self.stop_ids = stop_ids.to(device)
+
+
+def _filter_mask(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """True where a token is outside the row's top-k / nucleus (top-p) set."""
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    rank = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
+    probs = torch.softmax(sorted_logits, dim=-1)
+    outside = (rank >= top_k[:, None]) | ((probs.cumsum(-1) - probs) > top_p[:, None])
+    return torch.zeros_like(outside).scatter(-1, order, outside)
+
+
+def _choose(logits: torch.Tensor, rows: _Rows, active: torch.Tensor, noise: torch.Tensor | float) -> torch.Tensor:
+    """Next token per row: argmax for temperature 0, else Gumbel-max over the filtered set."""
+    temp = rows.temp[active]
+    greedy = temp <= 0
+    scaled = logits / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
+    top_k, top_p = rows.top_k[active], rows.top_p[active]
+    if bool(((top_k < logits.shape[-1]) | (top_p < 1)).any()):
+        scaled = scaled.masked_fill(_filter_mask(scaled, top_k, top_p), -math.inf)
+    sampled = (scaled + noise).argmax(-1)
+    return torch.where(greedy, logits.argmax(-1), sampled)
+
+
+def _gumbel(reqs: Sequence[SampleRequest], gens: list[torch.Generator], rows: _Rows,
+            active_rows: list[int], vocab: int, device: Any) -> torch.Tensor | float:
+    """Gumbel noise for the active rows; every active request draws for all its rows."""
+    by_req: dict[int, list[int]] = {}
+    for pos, row in enumerate(active_rows):
+        if reqs[rows.req_of_row[row]].params.temperature > 0:
+            by_req.setdefault(rows.req_of_row[row], []).append(pos)
+    if not by_req:
+        return 0.0
+    noise = torch.zeros((len(active_rows), vocab), device=device)
+    first_row = np.cumsum([0] + [r.num_samples for r in reqs])
+    for i, positions in by_req.items():
+        u = torch.rand((reqs[i].num_samples, vocab), generator=gens[i], device=device)
+        g = -torch.log(-torch.log(u.clamp_min(1e-20)))
+        local = [active_rows[p] - first_row[i] for p in positions]
+        noise[positions] = g[local]
+    return noise
+
+
+class _Outputs:
+    """What each row has generated so far, and whether it is still going."""
+
+    def __init__(self, rows: _Rows, tokenizer: Any):
+        n = len(rows.req_of_row)
+        self.rows, self.tokenizer = rows, tokenizer
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.logprobs: list[list[float]] = [[] for _ in range(n)]
+        self.reason = ["length"] * n
+        self.live = [True] * n
+
+    def add(self, row: int, token: int, logprob: float, is_stop_id: bool) -> None:
+        if not self.live[row]:
+            return
+        self.tokens[row].append(token)
+        self.logprobs[row].append(logprob)
+        strings = self.rows.rules[self.rows.req_of_row[row]].strings
+        if is_stop_id or (strings and _hit_string(self.tokenizer, self.tokens[row], strings)):
+            self.live[row], self.reason[row] = False, "stop"
+        elif len(self.tokens[row]) >= self.rows.max_tokens[row]:
+            self.live[row] = False
+
+
+def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_ids: Sequence[int],
+             pad_id: int, max_len: int, device: Any, cache_kw: str, new_cache: Any
+             ) -> list[types.SampleResponse]:
+    """Answer `reqs` as one batch (see the module docstring). Call under torch.inference_mode().
+
+    `new_cache()` makes an empty KV cache; `cache_kw` is the model's keyword for it
+    ("cache" in transformers 5, "past_key_values" before)."""
+    # Prefill: each prompt once, left-padded; all positions' logits only if prompt scores are asked.
+    ids, mask = _prefill_batch(reqs, pad_id, device)
+    kv = new_cache()
+    need_all = any(r.prompt_logprobs or r.topk > 0 for r in reqs)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=0 if need_all else 1, **{cache_kw: kv})
+    scores = [_prompt_scores(out.logits[i], r) if (r.prompt_logprobs or r.topk > 0) else (None, None)
+              for i, r in enumerate(reqs)]
+    logits = out.logits[:, -1].float()
+    del out
+
+    # One row per sample: the prompt's KV cache is replicated, not recomputed.
+    rows = _Rows(reqs, eos_ids, max_len, device)
+    row_index = torch.tensor(rows.req_of_row, device=device)
+    kv.batch_select_indices(row_index)
+    mask, logits = mask[row_index], logits[row_index]
+    next_pos = mask.sum(-1)
+    gens = [torch.Generator(device=device).manual_seed(r.seed) for r in reqs]
+    outputs = _Outputs(rows, tokenizer)
+    active = list(range(len(rows.req_of_row)))  # rows still in the batch, in batch order
+
+    for _ in range(max(rows.max_tokens)):
+        act = torch.tensor(active, device=device)
+        chosen = _choose(logits, rows, act, _gumbel(reqs, gens, rows, active, logits.shape[-1], device))
+        chosen_lp = logits.gather(-1, chosen[:, None]).squeeze(-1) - logits.logsumexp(-1)
+        is_stop = (rows.stop_ids[act] == chosen[:, None]).any(-1)
+        for row, token, lp, stop in zip(active, chosen.tolist(), chosen_lp.tolist(), is_stop.tolist()):
+            outputs.add(row, token, lp, stop)
+        keep = [pos for pos, row in enumerate(active) if outputs.live[row]]
+        if not keep:
+            break
+        if len(keep) <= len(active) // 2:  # drop finished rows from the batch
+            sel = torch.tensor(keep, device=device)
+            kv.batch_select_indices(sel)
+            mask, next_pos, chosen = mask[sel], next_pos[sel], chosen[sel]
+            active = [active[p] for p in keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    use_cache=True, **{cache_kw: kv})
+        logits = out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    return _responses(reqs, scores, outputs)
+
+
+def _responses(reqs: Sequence[SampleRequest], scores: list, outputs: _Outputs) -> list[types.SampleResponse]:
+    responses, row = [], 0
+    for r, (prompt_lp, topk) in zip(reqs, scores):
+        seqs = []
+        for j in range(r.num_samples):
+            seqs.append(types.SampledSequence(
+                stop_reason=outputs.reason[row], sequence_id=f"{r.id}-{j}",
+                tokens_np=np.asarray(outputs.tokens[row], dtype=np.int32),
+                logprobs_np=np.asarray(outputs.logprobs[row], dtype=np.float32)))
+            row += 1
+        responses.append(types.SampleResponse(sequences=seqs, prompt_logprobs_np=prompt_lp,
+                                              topk_prompt_logprobs_np=topk))
+    return responses
+
+
+def _hit_string(tokenizer: Any, tokens: list[int], strings: list[str]) -> bool:
+    """Whether the generated text now contains a stop string (checks a short tail only)."""
+    width = max(len(s) for s in strings) + 4
+    tail = tokenizer.decode(tokens[-width:], skip_special_tokens=False)
+    return any(s in tail for s in strings)
