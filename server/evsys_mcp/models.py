@@ -1,0 +1,166 @@
+"""The structured results of the evsys-mcp tools (each tool's outputSchema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+class RunRow(BaseModel):
+    id: str
+    name: str | None = None
+    status: str | None = None
+    run_dir: str | None = Field(None, description="relative to the workspace")
+    algorithm: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    started_at: float | None = Field(None, description="epoch seconds")
+    ended_at: float | None = None
+    step: int | None = None
+    max_steps: int | None = None
+    parent_run_id: str | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict, description="final value of each evaluation metric")
+    conclusion: str | None = Field(None, description="the latest conclusion, shortened")
+
+
+class RunList(BaseModel):
+    runs: list[RunRow]
+    count: int
+    truncated: bool = Field(description="more runs matched than `limit`")
+
+
+class SummaryPage(BaseModel):
+    run_id: str
+    path: str
+    text: str
+    offset: int
+    next_offset: int | None = Field(description="pass as `offset` to read on; null at the end")
+    total_chars: int
+
+
+class MetricPoint(BaseModel):
+    step: int
+    value: float | None
+
+
+class MetricSeries(BaseModel):
+    key: str
+    split: str | None = None
+    points: list[MetricPoint]
+    total_points: int
+    downsampled: bool
+
+
+class MetricsResult(BaseModel):
+    run_id: str
+    series: list[MetricSeries]
+    available_keys: list[str]
+
+
+class ConfigIssue(BaseModel):
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    field: str = ""
+    message: str
+    severity: str = "error"
+
+
+class ValidationReport(BaseModel):
+    """The `evsys validate --json` report: ok when there are no errors (warnings allowed)."""
+
+    ok: bool
+    config_path: str
+    deep: bool = False
+    errors: list[ConfigIssue] = Field(default_factory=list)
+    warnings: list[ConfigIssue] = Field(default_factory=list)
+
+
+class WriteConfigResult(BaseModel):
+    path: str
+    written: bool
+    overwritten: bool
+    report: ValidationReport
+
+
+class LaunchResult(BaseModel):
+    run_id: str
+    run_name: str
+    run_dir: str
+    pid: int
+    status: str
+    config_path: str
+    log_path: str
+    message: str
+
+
+class RunStatus(BaseModel):
+    run_id: str
+    name: str | None = None
+    status: str | None = None
+    run_dir: str
+    pid: int | None = None
+    step: int | None = None
+    max_steps: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    elapsed_s: float | None = None
+    error: str | None = None
+    final_metrics: dict[str, float | None] = Field(default_factory=dict)
+    latest_metrics: dict[str, float | None] = Field(default_factory=dict, description="last logged value of each metric")
+    log_tail: list[str] = Field(default_factory=list, description="last lines of train.log when the run failed")
+
+
+class WaitResult(RunStatus):
+    timed_out: bool
+    waited_s: float
+    message: str
+
+
+class LogTail(BaseModel):
+    run_id: str
+    path: str
+    lines: list[str]
+    truncated: bool
+
+
+class CancelResult(BaseModel):
+    run_id: str
+    status: str | None
+    was_running: bool
+    signal: str | None
+    message: str
+
+
+class ScoreOutput(BaseModel):
+    run_id: str
+    run_dir: str
+    benchmark: str
+    scored: str = Field(description="the model name or run that was scored")
+    num_tasks: int
+    metrics: dict[str, float | None]
+
+
+class ConclusionResult(BaseModel):
+    run_id: str
+    path: str
+    chars: int
+    message: str
+
+
+class QueryResult(BaseModel):
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+    note: str | None = None
+
+
+class CompareResult(BaseModel):
+    runs: list[RunRow]
+    config_diff: dict[str, list[Any]] = Field(
+        default_factory=dict, description="config field -> its value in each run (only fields that differ)")
+    metrics: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="metric -> its final value in each run")
+    deltas: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="metric -> value minus the first run's value, per run")
