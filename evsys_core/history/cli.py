@@ -1,0 +1,330 @@
+"""`evsys runs | show | best | compare | query | plot | conclude` — the run history commands.
+
+Every command refreshes the index first (fast when nothing changed), takes `--workspace DIR`
+(default: the current directory) and `--json`. Tables are drawn with rich in a terminal and
+printed as plain aligned text when piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from evsys_core.errors import UsageError
+
+MAX_METRIC_COLUMNS = 6  # eval metrics shown by `evsys runs` in a table (all of them in --json)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", default=".", metavar="DIR",
+                        help="folder holding the run directories (default: .)")
+    common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument("--rescan", action="store_true",
+                        help="stat every run file, not only those of changed folders and "
+                             "running runs (catches in-place edits of finished runs)")
+
+    p = subparsers.add_parser("runs", parents=[common], help="list the runs in the workspace",
+                              description="One line per run: name, status, algorithm, model, "
+                              "steps, the latest value of each eval metric, age.")
+    p.add_argument("--where", metavar="EXPR",
+                   help="SQL condition over runs columns and metric keys, e.g. "
+                        "\"status = 'completed' and \\\"val/val/pass@1\\\" > 0.5\"")
+    p.add_argument("--sort", metavar="KEY[:asc]",
+                   help="a metric key or runs column; highest first unless :asc")
+    p.add_argument("--limit", type=int, metavar="N", help="show at most N runs")
+    p.set_defaults(func=cmd_runs)
+
+    p = subparsers.add_parser("show", parents=[common], help="one run in full",
+                              description="Config, status, final and best metrics, "
+                              "predictions, conclusions and file paths of one run.")
+    p.add_argument("run", metavar="RUN", help="run id, name (or unique prefix), or directory")
+    p.set_defaults(func=cmd_show)
+
+    p = subparsers.add_parser("best", parents=[common], help="the best runs by a metric")
+    p.add_argument("metric", metavar="METRIC", help="a metric key, e.g. val/val/pass@1")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--max", dest="maximize", action="store_true", default=True,
+                   help="higher is better (default)")
+    g.add_argument("--min", dest="maximize", action="store_false", help="lower is better")
+    p.add_argument("--by", choices=("final", "best"), default="final",
+                   help="rank by the final value (default) or the best value seen")
+    p.add_argument("--where", metavar="EXPR", help="SQL condition, as for `evsys runs`")
+    p.add_argument("--limit", type=int, default=5, metavar="N", help="how many (default 5)")
+    p.set_defaults(func=cmd_best)
+
+    p = subparsers.add_parser("compare", parents=[common],
+                              help="config differences and metric deltas of two or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "query", parents=[common], help="read-only SQL over the run index",
+        description="Run one read-only SQL statement over the tables runs, params, metrics, "
+        "metric_summary, predictions, conclusions and the views latest_metrics, best_metrics "
+        "(see docs/history.md). Writes and file access are refused by the database.")
+    p.add_argument("sql", metavar="SQL")
+    p.add_argument("--csv", action="store_true", help="print CSV")
+    p.add_argument("--max-rows", type=int, default=1000, metavar="N",
+                   help="print at most N rows (default 1000; 0: all)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="stop the query after S seconds (default 60)")
+    p.set_defaults(func=cmd_query)
+
+    p = subparsers.add_parser("plot", parents=[common], help="learning curves as a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--metric", action="append", required=True, metavar="KEY",
+                   help="metric key to plot (repeat for several)")
+    p.add_argument("-o", "--output", metavar="FILE.png",
+                   help="where to write the image (default: plot_<metric>.png here)")
+    p.add_argument("--max-points", type=int, default=2000, metavar="N",
+                   help="downsample each curve to N points (default 2000)")
+    p.set_defaults(func=cmd_plot)
+
+    p = subparsers.add_parser("conclude", parents=[common],
+                              help="record a conclusion about a run (appends to conclusion.md)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--author", default="human", help="who concludes (default: human)")
+    p.set_defaults(func=cmd_conclude)
+
+
+def _index(args: argparse.Namespace):
+    from evsys_core.history.index import Index
+
+    idx = Index(Path(args.workspace))
+    idx.refresh(full=bool(getattr(args, "rescan", False)))
+    return idx
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+
+    rows = _index(args).runs(where=args.where, sort=args.sort, limit=args.limit)
+    if args.json:
+        tables.print_json(rows)
+        return 0
+    if not rows:
+        print(f"no runs under {Path(args.workspace).resolve()} (a run directory holds "
+              "run.json or metrics.jsonl)")
+        return 0
+    counts: dict[str, int] = {}
+    for r in rows:
+        for k in r["metrics"]:
+            counts[k] = counts.get(k, 0) + 1
+    keys = sorted(counts, key=lambda k: (-counts[k], k))[:MAX_METRIC_COLUMNS]
+    keys.sort()
+    cols = ["name", "status", "algorithm", "model", "steps", *keys, "age"]
+    body = []
+    for r in rows:
+        steps = r["steps"]
+        if steps is not None and r["max_steps"]:
+            steps = f"{steps}/{r['max_steps']}"
+        body.append([r["name"], r["status"], r["algorithm"], r["model"], steps,
+                     *(r["metrics"].get(k) for k in keys), tables.age(r["age_s"])])
+    tables.print_table(cols, body)
+    hidden = len(counts) - len(keys)
+    if hidden > 0:
+        print(f"({hidden} more metrics not shown; --json lists them all)", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+    from evsys_core.history.ingest import flatten
+
+    info = _index(args).show(args.run)
+    if args.json:
+        tables.print_json(info)
+        return 0
+    run = info["run"]
+    print(f"{run['name']}  (id {run['run_id']})  {run['status']}")
+    pairs = [("path", run["run_dir"]), ("algorithm", run["algorithm"]), ("model", run["model"]),
+             ("backend", run["backend"]), ("steps", run["steps"]), ("max_steps", run["max_steps"]),
+             ("started", run["started_at"]), ("ended", run["ended_at"]),
+             ("duration_s", run["duration_s"]), ("parent run", run["parent_run_id"]),
+             ("git commit", run["git_commit"])]
+    if run["error"]:
+        pairs.append(("error", run["error"]))
+    if run["inferred"]:
+        pairs.append(("note", "no run.json: name and status are inferred from the folder"))
+    tables.print_pairs([(k, v) for k, v in pairs if v is not None])
+    if info["config"]:
+        print("\nconfig")
+        tables.print_pairs(list(flatten(info["config"]).items()))
+    if info["metrics"]:
+        print()
+        tables.print_table(
+            ["metric", "final", "at step", "max", "max step", "min", "min step", "points"],
+            [[m["key"], m["final"], m["final_step"], m["max_value"], m["max_step"],
+              m["min_value"], m["min_step"], m["n"]] for m in info["metrics"]],
+            title="metrics")
+    if info["predictions"]:
+        print()
+        tables.print_table(
+            ["benchmark", "last step", "rows", "mean score", "pass rate"],
+            [[p["benchmark"], p["last_step"], p["rows_at_last_step"], p["mean_score"],
+              p["pass_rate"]] for p in info["predictions"]],
+            title="predictions (at the last evaluated step)")
+    if info["conclusions"]:
+        print("\nconclusions")
+        for c in info["conclusions"]:
+            print(f"  {c['time']} — {c['author']}")
+            for line in c["text"].splitlines():
+                print(f"    {line}")
+    print("\nfiles")
+    tables.print_pairs([(k, ", ".join(v) if isinstance(v, list) else v)
+                        for k, v in info["paths"].items()])
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+
+    rows = _index(args).best(args.metric, maximize=args.maximize, where=args.where,
+                             by=args.by, limit=args.limit)
+    if args.json:
+        tables.print_json(rows)
+        return 0
+    if not rows:
+        print(f"no run has a numeric value for {args.metric}"
+              + (" matching --where" if args.where else ""))
+        return 0
+    what = ("final" if args.by == "final" else ("max" if args.maximize else "min"))
+    tables.print_table(
+        ["#", "name", f"{args.metric} ({what})", "step", "status", "algorithm", "model", "run id"],
+        [[i, r["name"], r["value"], r["step"], r["status"], r["algorithm"], r["model"],
+          r["run_id"]] for i, r in enumerate(rows, 1)])
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+
+    info = _index(args).compare(args.runs)
+    if args.json:
+        tables.print_json(info)
+        return 0
+    names = [r["name"] for r in info["runs"]]
+    tables.print_table(["", *names],
+                       [["status", *(r["status"] for r in info["runs"])],
+                        ["steps", *(r["steps"] for r in info["runs"])],
+                        ["run id", *(r["run_id"] for r in info["runs"])]])
+    print()
+    if info["config"]:
+        tables.print_table(["config", *names], [[c["key"], *c["values"]] for c in info["config"]],
+                           title=f"config differences ({info['config_keys_same']} keys equal)")
+    else:
+        print(f"configs are identical ({info['config_keys_same']} keys)")
+    if info["metrics"]:
+        print()
+        rows = []
+        for m in info["metrics"]:
+            cells = [m["final"][0]]
+            for v, d in zip(m["final"][1:], m["delta"][1:]):
+                cells.append(f"{tables.fmt(v)} ({'+' if d and d > 0 else ''}{tables.fmt(d)})"
+                             if d is not None else v)
+            rows.append([m["key"], *cells])
+        tables.print_table(["metric (final)", names[0], *(f"{n} (Δ)" for n in names[1:])], rows,
+                           title="metrics")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+
+    if args.csv and args.json:
+        raise UsageError("choose one of --csv and --json")
+    max_rows = args.max_rows if args.max_rows and args.max_rows > 0 else None
+    res = _index(args).query(args.sql, max_rows=max_rows, timeout_s=args.timeout or None)
+    if args.json:
+        tables.print_json({"columns": res.columns, "rows": res.rows, "truncated": res.truncated})
+    elif args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(res.columns)
+        for row in res.rows:
+            w.writerow([_csv_cell(v) for v in row])
+    elif res.columns:
+        tables.print_table(res.columns, res.rows, max_width=80)
+    if res.truncated:
+        print(f"(only the first {max_rows} rows; --max-rows 0 prints all)", file=sys.stderr)
+    return 0
+
+
+def _csv_cell(v: Any) -> Any:
+    from evsys_core.history.reports import jsonable
+
+    v = jsonable(v)
+    return "" if v is None else (v if not isinstance(v, (list, dict)) else str(v))
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+
+    idx = _index(args)
+    series = []
+    for run in args.runs:
+        c = idx.curves(run, keys=args.metric, max_points=args.max_points)
+        for key, pts in c["curves"].items():
+            series.append({"run": c["name"], "run_id": c["run_id"], "metric": key,
+                           "points": pts})
+    out = Path(args.output or f"plot_{_slug('_'.join(args.metric))}.png")
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"-o {out}: use a .png, .svg or .pdf file name")
+    _draw(series, args.metric, out)
+    if args.json:
+        tables.print_json({"path": str(out.resolve()), "series": series})
+    else:
+        print(f"wrote {out}")
+    return 0
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "metric"
+
+
+def _draw(series: list[dict[str, Any]], metrics: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    several = len(metrics) > 1
+    for s in series:
+        pts = [(x, y) for x, y in s["points"] if x is not None]
+        label = f"{s['run']}: {s['metric']}" if several else s["run"]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
+                markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metrics[0] if not several else "value")
+    ax.set_title(", ".join(metrics))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e}") from None
+    finally:
+        plt.close(fig)
+
+
+def cmd_conclude(args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+    from evsys_core.history.index import conclude
+
+    res = conclude(Path(args.workspace), args.run, args.text, author=args.author)
+    if args.json:
+        tables.print_json(res)
+    else:
+        print(f"recorded in {res['path']}")
+    return 0

@@ -1,0 +1,361 @@
+"""The run history: a DuckDB index over every run directory under a workspace.
+
+    idx = open_index(Path("."))            # refreshes: only changed files are read
+    idx.runs(where="status = 'completed'", sort="val/val/pass@1", limit=10)
+    idx.best("val/val/pass@1")
+    idx.query("select name, value from runs join latest_metrics using (run_id) "
+              "where key = 'val/val/pass@1'")
+    conclude(Path("."), "sdft_capitals", "the hint template helps", author="claude")
+
+The index lives at `<workspace>/.evsys/index.duckdb` and can always be rebuilt: the run
+directories are the source of truth. A missing or unreadable index is rebuilt on the next
+call, with a warning on stderr. Schema, refresh and locking: schema.py, refresh.py, store.py.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
+
+import duckdb
+
+from evsys_core import rundir
+from evsys_core.errors import RunError, UsageError
+from evsys_core.history import reports, schema, snapshot
+from evsys_core.history.ingest import format_conclusion
+from evsys_core.history.refresh import Refresher, RefreshStats, unchanged
+from evsys_core.history.store import (
+    CorruptIndexError,
+    HistoryIndexError,
+    QueryError,
+    connect,
+    file_lock,
+    is_damage,
+    warn,
+)
+
+__all__ = [
+    "Index", "HistoryIndexError", "QueryError", "QueryResult", "RefreshStats", "conclude",
+    "open_index", "jsonable",
+]
+
+INDEX_DIR = ".evsys"
+INDEX_FILE = "index.duckdb"
+LOCK_FILE = "index.lock"
+
+jsonable = reports.jsonable
+T = TypeVar("T")
+
+
+
+class _Outdated(Exception):
+    """The index file was written with another schema version (its version is the message)."""
+
+
+class QueryResult(NamedTuple):
+    columns: list[str]
+    rows: list[tuple]
+    truncated: bool
+
+
+def open_index(workspace: Path | str, refresh: bool = True) -> "Index":
+    """The index of `workspace`, brought up to date first unless `refresh=False` (it is still
+    built if missing or unreadable)."""
+    idx = Index(workspace)
+    if refresh or not idx.db_path.exists():
+        idx.refresh()
+    return idx
+
+
+class Index:
+    def __init__(self, workspace: Path | str):
+        ws = Path(workspace).expanduser()
+        if not ws.is_dir():
+            raise UsageError(f"workspace {ws} is not a directory; pass --workspace DIR "
+                             "(the folder that holds your run directories)")
+        self.workspace = ws.resolve()
+        self.dir = self.workspace / INDEX_DIR
+        self.db_path = self.dir / INDEX_FILE
+        self.lock_path = self.dir / LOCK_FILE
+        self.snapshot_path = self.dir / snapshot.NAME
+        self.last_refresh: RefreshStats | None = None
+        self._mutex = threading.RLock()  # one DuckDB connection per Index at a time
+
+    # ---------------------------------------------------------------- refreshing
+    def refresh(self, full: bool = False, runs: Sequence[str] = ()) -> RefreshStats:
+        """Bring the index up to date. `full=True` stats every file (catches in-place edits of
+        finished runs); `runs` are run directories (workspace-relative) to re-check."""
+        with self._mutex:
+            hint = None
+            if not full and not runs and self.db_path.exists():
+                snap = snapshot.load(str(self.snapshot_path), str(self.db_path))
+                if snap is not None:
+                    stats, walk = unchanged(str(self.workspace), snap)
+                    if stats is not None:
+                        self.last_refresh = stats
+                        return stats
+                    hint = (snap.ident, walk)
+            try:
+                self.dir.mkdir(exist_ok=True)
+            except OSError as e:
+                raise HistoryIndexError(f"cannot create the run index folder {self.dir}: {e}; pass "
+                               "--workspace to a folder you can write to") from None
+            with file_lock(str(self.lock_path), exclusive=True):
+                return self._refresh_locked(full, set(runs), hint)
+
+    def _refresh_locked(self, full: bool, force: set[str], hint: tuple | None) -> RefreshStats:
+        fresh = not self.db_path.exists()
+        if fresh and self._existed_before():
+            warn(f"the run index {self._rel(self.db_path)} was missing; "
+                 "rebuilding it from the run directories")
+        for attempt in (1, 2):
+            try:
+                # the walk done against the snapshot holds if nobody wrote the index since
+                walk = hint[1] if hint and attempt == 1 and hint[0] == snapshot.db_identity(
+                    str(self.db_path)) else None
+                con = connect(str(self.db_path), read_only=False)
+                try:
+                    rebuilt = self._prepare(con)
+                    refresher = Refresher(con, str(self.workspace), full=full, force=force,
+                                          before_write=self._drop_snapshot,
+                                          walk=None if rebuilt else walk)
+                    stats = refresher.run()
+                    snap = refresher.snapshot()
+                finally:
+                    con.close()
+                snapshot.save(str(self.snapshot_path), str(self.db_path), snap)
+            except _Outdated as e:
+                warn(f"the run index was built by another version of evsys (schema {e}); "
+                     "rebuilding it from the run directories")
+                damage = None
+            except CorruptIndexError as e:
+                damage = str(e)
+            except duckdb.Error as e:
+                if attempt == 2 or not is_damage(e):
+                    raise
+                damage = str(e)
+            else:
+                stats.rebuilt = rebuilt or fresh
+                self.last_refresh = stats
+                return stats
+            self._discard(damage)
+            fresh = True
+        raise HistoryIndexError(f"cannot build the run index {self.db_path}: {damage}")
+
+    def _drop_snapshot(self) -> None:
+        snapshot.discard(str(self.snapshot_path))
+
+    def _existed_before(self) -> bool:
+        return self._marker().exists()  # touched when an index is created
+
+    def _marker(self) -> Path:
+        return self.dir / "index.built"
+
+    def _prepare(self, con: Any) -> bool:
+        """Create the schema in a new file; rebuild one from another schema version."""
+        try:  # the usual case, in one statement
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row and row[0] == schema.SCHEMA_VERSION:
+                return False
+        except duckdb.CatalogException:
+            row = None
+        tables = {t for (t,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()}
+        if tables:
+            if row is None or not set(schema.COLUMNS) <= tables:
+                raise CorruptIndexError("not an evsys run index: tables are missing")
+            raise _Outdated(row[0])  # a fresh file: dropping tables would not shrink this one
+        con.execute("BEGIN TRANSACTION")
+        con.execute(schema.create_sql())
+        con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [schema.SCHEMA_VERSION])
+        con.execute("COMMIT")
+        self._marker().touch()
+        return True
+
+    def _discard(self, damage: str | None) -> None:
+        """Move the index file aside (kept as *.corrupt when damaged) so it is built anew."""
+        self._drop_snapshot()
+        if damage is not None:
+            first = damage.strip().splitlines()[0] if damage.strip() else "unreadable"
+            warn(f"the run index {self._rel(self.db_path)} is unreadable ({first}); "
+                 "rebuilding it from the run directories (they are the source of truth)")
+        for suffix in ("", ".wal"):
+            p = Path(str(self.db_path) + suffix)
+            if p.exists():
+                if damage is None:
+                    p.unlink()
+                else:
+                    os.replace(p, str(p) + ".corrupt")
+
+    def _rel(self, p: Path) -> str:
+        try:
+            return str(p.relative_to(Path.cwd()))
+        except ValueError:
+            return str(p)
+
+    # ------------------------------------------------------------------- reading
+    def _read(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(con)` on a read-only connection with external access disabled."""
+        with self._mutex:
+            for attempt in (1, 2):
+                if not self.db_path.exists():
+                    self.refresh()
+                seen = _file_id(self.db_path)
+                try:
+                    with file_lock(str(self.lock_path), exclusive=False):
+                        con = connect(str(self.db_path), read_only=True)
+                        try:
+                            return fn(con)
+                        finally:
+                            con.close()
+                except CorruptIndexError as e:
+                    damage: str = str(e)
+                except duckdb.Error as e:
+                    if attempt == 2 or not is_damage(e):
+                        raise
+                    damage = str(e)
+                if attempt == 2:
+                    break
+                with file_lock(str(self.lock_path), exclusive=True):
+                    if _file_id(self.db_path) == seen:  # nobody rebuilt it meanwhile
+                        self._discard(damage)
+                self.refresh()
+            raise CorruptIndexError(f"{self.db_path}: still unreadable after a rebuild")
+
+    def query(self, sql: str, params: Sequence[Any] | dict | None = None,
+              max_rows: int | None = None, timeout_s: float | None = None) -> QueryResult:
+        """Run one read-only SQL statement. The connection is read-only with external access
+        disabled and its configuration locked: writes, ATTACH, COPY, INSTALL/LOAD, SET and
+        functions reading files are refused by DuckDB itself."""
+        if not isinstance(sql, str) or not sql.strip():
+            raise QueryError("empty SQL: pass one SELECT statement, e.g. "
+                             "\"select name, status from runs\"")
+
+        def run(con: Any) -> QueryResult:
+            try:
+                n = len(con.extract_statements(sql))
+            except duckdb.Error as e:
+                raise QueryError(_explain(e)) from None
+            if n != 1:
+                raise QueryError(f"one SQL statement at a time, got {n}; run them as separate "
+                                 f"queries over the tables {', '.join(schema.PUBLIC_TABLES)}")
+            timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+            if timer:
+                timer.daemon = True
+                timer.start()
+            try:
+                cur = con.execute(sql, params) if params is not None else con.execute(sql)
+                columns = [d[0] for d in cur.description] if cur.description else []
+                if not columns:
+                    return QueryResult([], [], False)
+                if max_rows is None:
+                    return QueryResult(columns, cur.fetchall(), False)
+                rows = cur.fetchmany(max_rows + 1)
+                return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
+            except duckdb.InterruptException:
+                raise QueryError(f"the query ran longer than {timeout_s:g} s and was stopped; "
+                                 "add a WHERE or LIMIT, or aggregate") from None
+            except duckdb.Error as e:
+                if is_damage(e):
+                    raise
+                raise QueryError(_explain(e)) from None
+            finally:
+                if timer:
+                    timer.cancel()
+
+        return self._read(run)
+
+    def runs(self, where: str | None = None, sort: str | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        return self._read(lambda con: reports.list_runs(con, where, sort, limit))
+
+    def resolve(self, run: str) -> dict[str, Any]:
+        return self._read(lambda con: reports.resolve(con, self.workspace, run))
+
+    def show(self, run: str) -> dict[str, Any]:
+        return self._read(lambda con: reports.show(con, self.workspace, run))
+
+    def best(self, metric: str, maximize: bool = True, where: str | None = None,
+             by: str = "final", limit: int | None = 5) -> list[dict[str, Any]]:
+        return self._read(lambda con: reports.best(con, metric, maximize, where, by, limit))
+
+    def compare(self, runs: Sequence[str]) -> dict[str, Any]:
+        return self._read(lambda con: reports.compare(con, self.workspace, runs))
+
+    def curves(self, run: str, keys: Sequence[str] | None = None, split: str | None = None,
+               max_points: int | None = None) -> dict[str, Any]:
+        return self._read(
+            lambda con: reports.curves(con, self.workspace, run, keys, split, max_points))
+
+    def metric_keys(self) -> list[tuple[str, str, int]]:
+        return self._read(reports.metric_keys)
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.workspace)!r})"
+
+
+def conclude(workspace: Path | str, run: str, text: str, author: str = "human") -> dict[str, Any]:
+    """Append a conclusion to the run's conclusion.md and update the index.
+
+    Returns {run_id, name, path (of conclusion.md), author, text}."""
+    text = (text or "").strip()
+    if not text:
+        raise UsageError("the conclusion is empty; pass the text to record")
+    author = " ".join(str(author or "").split()) or "human"
+    idx = open_index(workspace)
+    r = idx.resolve(run)
+    path = Path(r["run_dir"]) / rundir.CONCLUSION
+    entry = format_conclusion(text, author)
+    try:
+        size = path.stat().st_size if path.exists() else 0
+        if size:  # keep entries separated by a blank line, whatever the file ends with
+            with path.open("rb") as f:
+                f.seek(max(0, size - 2))
+                tail = f.read()
+            entry = ("" if tail.endswith(b"\n\n") else "\n" if tail.endswith(b"\n")
+                     else "\n\n") + entry
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, entry.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e}") from None
+    idx.refresh(runs=[r["path"]])
+    return {"run_id": r["run_id"], "name": r["name"], "path": str(path), "author": author,
+            "text": text}
+
+
+def _file_id(p: Path) -> tuple[int, int, int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _explain(e: Exception) -> str:
+    """A DuckDB error as a message that says what was refused and what can be done."""
+    msg = str(e).strip().rstrip(".!")
+    tables = ", ".join(schema.PUBLIC_TABLES)
+    low = msg.lower()
+    if "read-only mode" in low:
+        why = ("refused: the index is read-only; statements that write (INSERT, UPDATE, "
+               "DELETE, CREATE, DROP, ...) are not allowed")
+    elif isinstance(e, duckdb.PermissionException) or "disabled by configuration" in low:
+        why = ("refused: nothing outside the index can be read or written (ATTACH, COPY, "
+               "EXPORT, INSTALL, LOAD, read_csv, read_text, ...)")
+    elif "configuration has been locked" in low:
+        why = "refused: settings cannot be changed (SET, RESET, PRAGMA that sets)"
+    elif isinstance(e, duckdb.ParserException):
+        why = "the SQL does not parse"
+    elif isinstance(e, duckdb.CatalogException):
+        why = "unknown table, column or function"
+    elif isinstance(e, duckdb.BinderException):
+        why = "a name in the query does not exist or is ambiguous (`describe runs` lists columns)"
+    else:
+        why = "the query failed"
+    return f"{why}. DuckDB: {msg}. Query the tables {tables} with one SELECT statement."
