@@ -49,10 +49,12 @@ class LocalLogger:
         return final
 
     def finish(self, status: str, error: str | None = None) -> dict[str, float]:
+        """Write summary.md, then the final status: a reader that sees `completed` finds the summary."""
         final = self.final_metrics()
-        self.update(status=status, ended_at=time.time(), error=error, final_metrics=final)
+        self.info.update(status=status, ended_at=time.time(), error=error, final_metrics=final)
         curve = self._plot()
         rundir.write_text_atomic(self.run_dir / rundir.SUMMARY, self._summary(status, final, error, curve))
+        self.update()
         return final
 
     def _summary(self, status: str, final: dict[str, float], error: str | None, curve: str | None) -> str:
@@ -120,6 +122,7 @@ class Progress:
         self.live = self.stream.isatty() if live is None else live
         self.t0 = time.time()
         self.last_eval = ""
+        self._eval_step, self._evals = -1, {}
         self._bar = None
         if self.live:
             from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
@@ -130,9 +133,13 @@ class Progress:
             self._bar.start()
 
     def eval(self, step: int, metrics: dict[str, float]) -> None:
-        self.last_eval = " ".join(f"{k} {format_value(v)}" for k, v in metrics.items())
+        if step != self._eval_step:
+            self._eval_step, self._evals = step, {}
+        self._evals.update(metrics)
+        self.last_eval = " ".join(f"{k} {format_value(v)}" for k, v in self._evals.items())
         if not self.live:
-            print(f"eval step {step}: {self.last_eval}", file=self.stream, flush=True)
+            text = " ".join(f"{k} {format_value(v)}" for k, v in metrics.items())
+            print(f"eval step {step}: {text}", file=self.stream, flush=True)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         loss = metrics.get("train/mean_loss")

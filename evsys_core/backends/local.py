@@ -206,18 +206,12 @@ def _pick_device(device: str) -> str:
 
 
 def _configure_threads() -> None:
-    """torch threads: $EVSYS_NUM_THREADS, else $OMP_NUM_THREADS (torch reads it), else the CPUs
-    this process may use that other processes do not keep busy (1-minute load average), at
-    least 1. Threads beyond the free CPUs make every op wait for a descheduled thread: on a
-    busy 2-core machine decoding measured 3-10x slower with 2 threads than with 1."""
+    """torch threads: $EVSYS_NUM_THREADS if set, else torch's default (one per usable core).
+
+    On a machine whose cores are busy with other work, fewer threads than cores is faster
+    (a descheduled thread stalls every op): set EVSYS_NUM_THREADS there."""
     if os.environ.get("EVSYS_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["EVSYS_NUM_THREADS"]))
-        return
-    if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "sched_getaffinity"):
-        return
-    usable = min(torch.get_num_threads(), len(os.sched_getaffinity(0)))
-    free = round(len(os.sched_getaffinity(0)) - os.getloadavg()[0])
-    torch.set_num_threads(max(1, min(usable, free)))
 
 
 # ------------------------------------------------------------------------------- service
