@@ -353,6 +353,10 @@ class RunConfig(_Section):
         if len(loggers) > 1:
             raise _invalid((("callbacks", loggers[1]), "only one local_logger is allowed (it "
                             "owns the run directory); remove this one", "local_logger"))
+        params = self.algorithm.params
+        if self.backend.kind == "tinker" and getattr(params, "teacher", None) == "ema":
+            raise _invalid((("algorithm", "params", "teacher"), "teacher: ema needs backend.kind: "
+                            "local (Tinker's API has no weight averaging); use teacher: frozen", "ema"))
         return self
 
     @property

@@ -168,3 +168,44 @@ def test_sdft_teacher_sees_the_gold_answer_and_the_student_does_not(tiny_model_d
     teacher = tok.decode(teacher_prompt(tok, params, ex))
     assert "Brazil" in student and "Brasilia" not in student
     assert "Brazil" in teacher and "Hint: the answer is Brasilia." in teacher
+
+
+def test_sdft_ema_teacher_follows_the_student(tmp_path, tiny_model_dir):
+    ws = make_workspace(tmp_path, tiny_model_dir, "sdft", "topk: 5, max_tokens: 6, teacher: ema, ema_rate: 0.5")
+    result, printed = run(ws)
+    assert result.status == "completed", printed
+    check_contract(result.run_dir, 2, [0, 1, 2])
+
+
+def test_ema_sampler_is_the_moving_average_of_the_adapter(tiny_model_dir):
+    import torch
+    from tinker import types
+
+    from evsys_core.backends import get_service
+
+    tc = get_service("local", seed=0).create_lora_training_client(base_model=str(tiny_model_dir), rank=2)
+    ema = tc.ema_sampling_client(0.25)
+    expected = [p.detach().clone() for _, p in tc._engine.params]
+    datum = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3, 4]),
+                        loss_fn_inputs={"target_tokens": [2, 3, 4, 5], "weights": [1.0] * 4})
+    for _ in range(2):
+        tc.forward_backward([datum], "cross_entropy").result()
+        tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+        expected = [0.75 * e + 0.25 * p.detach() for e, (_, p) in zip(expected, tc._engine.params)]
+    for e, got, (_, now) in zip(expected, ema._weights.tensors, tc._engine.params):
+        assert torch.allclose(got, e, atol=1e-7)
+    assert any(not torch.equal(got, now) for got, (_, now) in zip(ema._weights.tensors, tc._engine.params))
+
+
+def test_ema_teacher_is_refused_on_tinker_at_validation(tmp_path):
+    from evsys_core.config import parse_config_text
+
+    text = """
+model: { name: Qwen/Qwen3.5-4B }
+backend: { kind: tinker }
+data: { path: d.jsonl }
+algorithm: { kind: sdft, params: { teacher: ema } }
+"""
+    with pytest.raises(ConfigError, match=r"algorithm.params.teacher: teacher: ema needs backend.kind: local") as e:
+        parse_config_text(text, "c.yaml", workspace=tmp_path)
+    assert e.value.issues[0].line == 5

@@ -4,7 +4,8 @@ There is no separate teacher model. Each step:
   1. the student samples an answer on-policy from the plain prompt;
   2. a frozen teacher — the same base model (adapter disabled), shown the gold `expected`
      answer in-context through `demo_template` — scores the student's tokens and returns its
-     top-K next-token distribution at every completion position;
+     top-K next-token distribution at every completion position (`teacher: ema` uses an
+     exponential moving average of the student instead, on the local backend);
   3. the student is trained toward the renormalised teacher top-K:
        kl=forward  cross-entropy on (N, K) soft targets   = KL(teacher || student) + const
        kl=reverse  the analytic gradient of KL(student || teacher) over the teacher's top-K,
@@ -33,6 +34,18 @@ def teacher_prompt(tokenizer: Any, params: Any, example: Any) -> list[int]:
     prompt = params.user_template.format(**example.inputs)
     text = params.demo_template.format(prompt=prompt, expected=example.expected, **example.inputs)
     return render.user_prompt_tokens(tokenizer, text, params.system_prompt)
+
+
+def make_teacher(tc: Any, params: Any) -> Any:
+    """The frozen base model (adapter disabled), or an EMA of the student (local backend)."""
+    if params.teacher == "frozen":
+        return tc.base_sampling_client()
+    if not hasattr(tc, "ema_sampling_client"):
+        from evsys_core.errors import BackendError
+
+        raise BackendError("teacher: ema needs backend.kind: local (Tinker's API has no weight "
+                           "averaging); use teacher: frozen on Tinker")
+    return tc.ema_sampling_client(params.ema_rate)
 
 
 def teacher_topk(response: Any, start: int, length: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +78,7 @@ def train(ctx: TrainContext) -> None:
     p, tc, tok = ctx.params, ctx.training_client, ctx.tokenizer
     from tinker import types
 
-    teacher = tc.base_sampling_client()
+    teacher = make_teacher(tc, p)
     stop = render.end_of_turn_tokens(tok)
     rollout_params = types.SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, stop=stop)
     score_params = types.SamplingParams(max_tokens=1, temperature=0.0)

@@ -348,6 +348,7 @@ class LocalTrainingClient:
     def __init__(self, service: LocalService, engine: _Engine):
         self._service, self._engine = service, engine
         self._optimizer: torch.optim.AdamW | None = None
+        self._emas: list[tuple[float, tuple[torch.Tensor, ...]]] = []
         self.step = 0
 
     @property
@@ -403,6 +404,10 @@ class LocalTrainingClient:
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
             self._optimizer.step()
             self._optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for rate, tensors in self._emas:
+                    for t, p_ in zip(tensors, params):
+                        t.mul_(1 - rate).add_(p_.detach(), alpha=rate)
             self._engine.version += 1
             self.step += 1
         return Done(types.OptimStepResponse(metrics={"grad_norm": float(norm)}))
@@ -478,6 +483,17 @@ class LocalTrainingClient:
 
     def create_sampling_client(self, model_path: str) -> "LocalSamplingClient":
         return self._service.create_sampling_client(model_path=model_path)
+
+    def ema_sampling_client(self, rate: float) -> "LocalSamplingClient":
+        """A sampler on an exponential moving average of the adapter (local backend only):
+        after every optim_step, ema <- (1 - rate) * ema + rate * current. Starts at the
+        current weights; costs one more copy of the LoRA tensors, not of the model."""
+        if not 0 < rate <= 1:
+            raise BackendError(f"ema rate must be in (0, 1], got {rate}")
+        with self._engine.lock:
+            tensors = self._engine.snapshot().tensors
+            self._emas.append((rate, tensors))
+        return LocalSamplingClient(self._service, self._engine, _Weights(tensors))
 
     def base_sampling_client(self) -> "LocalSamplingClient":
         """The base model: the same weights in memory, with the adapter disabled."""
