@@ -12,6 +12,7 @@ import pytest
 import evsys_core
 from evsys_core import rundir
 from evsys_core.errors import ConfigError, RunError
+from contract import assert_run_dir
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima")]
 
@@ -62,27 +63,7 @@ def run(ws: Path, *overrides: str, **kw):
 
 
 def check_contract(run_dir: Path, steps: int, eval_steps: list[int], n_tasks: int = 3) -> list[dict]:
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed" and info["step"] == steps and info["max_steps"] == steps
-    for key in ("id", "name", "created_at", "started_at", "ended_at", "algorithm", "model", "backend",
-                "config_hash", "pid", "final_metrics"):
-        assert key in info, key
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(set(r) == {"step", "split", "metrics"} for r in rows)
-    train = [r for r in rows if r["split"] == "train"]
-    assert [r["step"] for r in train] == list(range(1, steps + 1))
-    assert all("train/mean_loss" in r["metrics"] for r in train)
-    evals = [r for r in rows if r["split"] == "val"]
-    assert [r["step"] for r in evals] == eval_steps
-    assert all(set(r["metrics"]) == {"val/val/pass@1"} for r in evals)
-    preds = [json.loads(line) for line in (run_dir / "predictions" / "val.jsonl").read_text().splitlines()]
-    assert len(preds) == n_tasks * len(eval_steps)
-    assert {"step", "task_id", "instruction", "answer", "score", "passed"} <= set(preds[0])
-    summary = (run_dir / "summary.md").read_text()
-    assert "Status: completed" in summary
-    assert summary.count("- step ") == len(eval_steps)
-    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "final").is_dir()
-    return train
+    return assert_run_dir(run_dir, steps, {"val": ("val", n_tasks, eval_steps)})
 
 
 @pytest.mark.parametrize("kind,params,extra", [
