@@ -1,21 +1,13 @@
-"""Run the SDFT walkthrough: `python examples/sdft_walkthrough/run.py [--set KEY=VALUE ...]`.
+"""The SDFT walkthrough: `python examples/sdft_walkthrough/run.py [--tinker] [evsys run options]`.
 
-Runs from the repository root (the config's paths are relative to it). Extra arguments are
-config overrides, e.g. `--set algorithm.params.max_steps=20`; `--tinker` uses config.tinker.yaml.
+Runs config.yaml (local backend, default model) or, with --tinker, config.tinker.yaml (needs
+TINKER_API_KEY); other arguments go to `evsys run`, e.g. --set algorithm.params.max_steps=20.
 """
-
-import argparse
 import sys
 from pathlib import Path
 
-import evsys_core
+from evsys_core.cli import main
 
-here = Path(__file__).resolve().parent
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-parser.add_argument("--tinker", action="store_true", help="use config.tinker.yaml (needs TINKER_API_KEY)")
-args = parser.parse_args()
-
-config = here / ("config.tinker.yaml" if args.tinker else "config.yaml")
-result = evsys_core.run(config, args.overrides, workspace=here.parent.parent)
-sys.exit(0 if result.status == "completed" else 1)
+here, args = Path(__file__).resolve().parent, sys.argv[1:]
+config = here / ("config.tinker.yaml" if "--tinker" in args else "config.yaml")
+sys.exit(main(["run", str(config), "--workspace", str(here.parents[1]), *(a for a in args if a != "--tinker")]))
