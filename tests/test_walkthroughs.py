@@ -1,0 +1,56 @@
+"""End to end on the real default model: each walkthrough's config, 1 step, every file checked,
+then the history index built from what the real runner wrote."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+import evsys_core
+from contract import assert_run_dir
+from evsys_core.cli import main as cli
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def n_tasks(bench_dir: str) -> int:
+    return len((REPO / bench_dir / "tasks.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("walkthrough,benches,extra", [
+    ("sft", {"val": ("val", n_tasks("examples/sft_walkthrough/data/val"), [0, 1])}, set()),
+    ("sdft", {"val": ("val", n_tasks("examples/sdft_walkthrough/data/val"), [0, 1]),
+              "seen": ("val", n_tasks("examples/sdft_walkthrough/data/seen"), [0, 1])},
+     {"train/kl", "train/completion_len", "train/teacher_top1_agree"}),
+    ("rl", {"val": ("val", n_tasks("examples/rl_walkthrough/data/val"), [0, 1])},
+     {"train/mean_reward", "train/completion_len"}),
+])
+def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model, walkthrough, benches, extra, capsys):
+    config = REPO / "examples" / f"{walkthrough}_walkthrough" / "config.yaml"
+    assert cli(["validate", str(config), "--deep", "--workspace", str(REPO)]) == 0
+    out = io.StringIO()
+    result = evsys_core.run(config, ["algorithm.params.max_steps=1", f"callbacks.0.params.output_dir={tmp_path}",
+                                     "algorithm.params.max_tokens=24" if walkthrough != "sft" else "seed=0"],
+                            workspace=REPO, stream=out)
+    assert result.status == "completed", out.getvalue()
+    train = assert_run_dir(result.run_dir, 1, benches)
+    assert extra <= set(train[0]["metrics"])
+    assert (result.run_dir / "learning_curve.png").stat().st_size > 1000
+    printed = out.getvalue()
+    assert "Status: completed" in printed and f"Logs: " in printed
+
+    # The history index reads what the real runner wrote.
+    from evsys_core.history.index import open_index
+
+    index = open_index(tmp_path)
+    (row,) = index.runs()
+    assert row["run_id"] == result.run_id and row["status"] == "completed" and row["algorithm"] == walkthrough
+    q = index.query("select key, value from latest_metrics where run_id = ? and key like 'val/%'", [result.run_id])
+    assert dict(q.rows) == {k: v for k, v in result.metrics.items() if k.startswith("val/")}
+    capsys.readouterr()
+    assert cli(["runs", "--json", "--workspace", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == result.run_dir.name
