@@ -129,9 +129,22 @@ def _check_name(value: str | None) -> str | None:
     return value
 
 
+NAME_MAX_BYTES = 255  # the longest file name most file systems take
+
+
 def _check_path(value: Any) -> Any:
+    """Refuse what no file system call can take (it would raise instead of saying "not found")."""
     if isinstance(value, str) and not value.strip():
         raise PydanticCustomError("invalid", "the path is empty")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise PydanticCustomError("invalid", "the path contains a NUL byte; remove it")
+        long = next((part for part in value.replace("\\", "/").split("/")
+                     if len(part.encode()) > NAME_MAX_BYTES), None)
+        if long is not None:
+            raise PydanticCustomError(
+                "invalid", f"the path has a name of {len(long.encode())} bytes ({long[:20]}...); file "
+                f"systems take at most {NAME_MAX_BYTES}: use a shorter name")
     return value
 
 
@@ -160,6 +173,8 @@ _EMPTY_OK = frozenset({"model", "backend", "metadata", "callbacks", "params", "b
 class ModelConfig(_Section):
     name: str = Field("SmolLM2-135M-Instruct", min_length=1)
 
+    _name_usable = field_validator("name", mode="before")(_check_path)  # it may be a path
+
 
 class BackendConfig(_Section):
     kind: Literal["local", "tinker"] = "local"
@@ -179,6 +194,7 @@ class DataConfig(_Section):
     def _transform_form(cls, v: str | None) -> str | None:
         if v is None:
             return v
+        _check_path(v.replace(".", "/").replace(":", "/"))  # module:function names a file
         module, colon, fn = v.partition(":")
         ok = (all(p.isidentifier() for p in module.split(".")) and fn.isidentifier()) if colon \
             else bool(v.strip()) and not any(c.isspace() for c in v)
@@ -412,7 +428,15 @@ def load_config(path: str | Path, overrides: Sequence[str] = (),
         issue = Issue(file=given, message=f"config file not found (looked at {p.absolute()}); "
                       "check the path, relative paths start from the current directory")
         raise ConfigError(str(issue), [issue]) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        before = e.object[:e.start]
+        line = before.count(b"\n") + 1
+        column = e.start - (before.rfind(b"\n") + 1) + 1
+        issue = Issue(file=given, line=line, column=column,
+                      message=f"not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
+                              "save the config as UTF-8")
+        raise ConfigError(str(issue), [issue]) from None
+    except OSError as e:
         issue = Issue(file=given, message=f"cannot read the config file: {e}")
         raise ConfigError(str(issue), [issue]) from None
     return parse_config_text(text, given, overrides, workspace, source_path=p.absolute())

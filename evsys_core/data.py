@@ -18,6 +18,7 @@ Bad rows raise DataError naming the file and line: the first 5 bad lines and a t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
@@ -182,7 +183,24 @@ def resolve_transform(spec: str, search_dirs: list[Path] = ()) -> Callable[[dict
     return fn
 
 
+@contextlib.contextmanager
+def no_bytecode() -> Iterator[None]:
+    """Import user modules (transforms, python verifiers) without writing __pycache__ next to
+    them: checking a config or a benchmark leaves the user's folders as they were."""
+    old = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = old
+
+
 def _import_user_module(name: str, search_dirs: list[Path], fail: Callable[[str], Exception]) -> Any:
+    with no_bytecode():
+        return _import_user_module_inner(name, search_dirs, fail)
+
+
+def _import_user_module_inner(name: str, search_dirs: list[Path], fail: Callable[[str], Exception]) -> Any:
     rel = Path(*name.split("."))
     file = next((d / rel.with_suffix(".py") for d in search_dirs
                  if (d / rel.with_suffix(".py")).is_file()), None)
@@ -276,6 +294,10 @@ def _read_jsonl(path: Path, problems: _Problems) -> list[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 problems.add(n, f"not valid JSON: {e.msg} (column {e.colno}); each line must "
                              "be one whole JSON object", column=e.colno)
+                continue
+            except RecursionError:
+                problems.add(n, "JSON nested too deeply to read; each line must be one flat "
+                             "JSON object")
                 continue
             if not isinstance(value, dict):
                 problems.add(n, f"expected a JSON object {{...}}, got a JSON "

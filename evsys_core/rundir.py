@@ -42,6 +42,40 @@ def claim_run_dir(output_dir: Path, run_name: str) -> Path:
     raise RuntimeError(f"too many runs named {run_name!r} in {output_dir}")
 
 
+MIN_FREE_BYTES = 50 * 2**20
+
+
+def output_dir_problem(output_dir: Path) -> str | None:
+    """Why run files could not be written under `output_dir` (created or not), or None.
+
+    Probes the nearest existing folder by creating (and removing) a temporary file in it:
+    permission bits alone say nothing for root or read-only mounts. Also refuses less than
+    MIN_FREE_BYTES of free space there."""
+    import tempfile
+
+    probe = Path(output_dir)
+    if any(len(part.encode()) > 255 for part in probe.parts):
+        return f"output_dir {str(output_dir)[:120]}... has a name longer than 255 bytes"
+    while not os.path.exists(probe) and probe != probe.parent:  # os.path: False, never OSError
+        probe = probe.parent
+    if not os.path.isdir(probe):
+        return f"{probe} is a file, so output_dir {output_dir} cannot be created"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        return f"cannot write in {probe} ({e.strerror or e})"
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        return (f"only {free / 2**20:.1f} MB free under {probe} (the disk is full or nearly); "
+                f"free some space (at least {MIN_FREE_BYTES // 2**20} MB)")
+    return None
+
+
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line, written whole with a single write and flushed to disk."""
     line = json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n"
@@ -62,7 +96,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 return  # a line still being written
             try:
                 yield json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
 
 
@@ -79,21 +113,49 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
+def pid_alive(pid: int | None, started: int | None = None) -> bool:
+    """Is process `pid` alive? With `started` (its start time, `process_start_time`), a live
+    process that started at another time is a different process that reused the pid: dead."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # run.json is just a file
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     # a zombie child of ours counts as dead
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return True  # no procfs: trust the pid
+    if fields[0] == "Z":
+        return False
+    return started is None or int(fields[19]) == int(started)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot, /proc/PID/stat field 22); None without procfs.
+
+    Stored in run.json as `pid_started` beside `pid`, so a reused pid is not taken for the run."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner(pid: int | None = None) -> dict[str, Any]:
+    """The run.json fields naming the process that runs a run (default: this one)."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "pid_started": process_start_time(pid)}
+
+
+def run_alive(info: dict[str, Any]) -> bool:
+    """Is the process named by a run.json (`pid`, `pid_started`) still the run's process?"""
+    started = info.get("pid_started")
+    return pid_alive(info.get("pid"), started if isinstance(started, int) else None)
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
@@ -101,11 +163,13 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_JSON
     try:
         info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    if info.get("status") == ACTIVE and not pid_alive(info.get("pid")):
+    if not isinstance(info, dict):
+        return {}
+    if info.get("status") == ACTIVE and not run_alive(info):
         info["status"] = "interrupted"
-        info.setdefault("ended_at", time.time())
+        info["ended_at"] = info.get("ended_at") or time.time()
         info["error"] = info.get("error") or "the run's process ended without finishing"
         try:
             write_json_atomic(path, info)

@@ -3,8 +3,9 @@
     evsys run CONFIG [--set KEY=VALUE ...] [--run-name NAME] [--resume RUN_DIR]
     evsys_core.run(config_or_path) -> RunResult(status, metrics, run_dir)
 
-The order of a run: load and check everything that can be checked (config, data, tasks,
-output directory) before anything is written; claim a fresh run directory; start the
+The order of a run: load and check everything that can be checked (config, data, tasks and
+verifiers, model files, output directory and free space: what `evsys validate --deep`
+checks) before anything is written; claim a fresh run directory; start the
 backend; evaluate in-loop benchmarks at step 0; let the algorithm loop; evaluate, checkpoint
 and report progress after each step; evaluate the after-training benchmarks; write the
 summary. SIGTERM or Ctrl-C stops after the current step with a final checkpoint and status
@@ -50,6 +51,7 @@ class _Plan:
 
 def _plan(cfg: Any) -> _Plan:
     from evsys_core.data import FORMATS_FOR_ALGORITHM as DATA_FORMATS, load_dataset, load_tasks
+    from evsys_core.validate import deep_checks
 
     dataset = load_dataset(cfg.data, cfg.workspace)
     kind = cfg.algorithm.kind
@@ -58,6 +60,17 @@ def _plan(cfg: Any) -> _Plan:
             f"{cfg.data.path}: algorithm.kind {kind!r} trains on {' or '.join(DATA_FORMATS[kind])} rows, "
             f"but the data holds {dataset.format} rows; point data.path at matching data or add a data.transform"
         )
+    # what `evsys validate --deep` refuses, a run refuses before writing anything: templates,
+    # benchmarks and verifiers, the model's files, the output directory
+    found: list[Any] = []
+    deep_checks(cfg, found.append, dataset=dataset)
+    errors = [i for i in found if i.severity == "error"]
+    if errors:
+        source = getattr(cfg, "_source", None) or cfg.source_path or "config"
+        n = len(errors)
+        raise ConfigError("\n".join([f"cannot run {source} ({n} problem{'s' if n != 1 else ''}; "
+                                      "`evsys validate --deep` shows the same):"]
+                                     + [f"  {i}" for i in errors]), errors)
     benchmarks = [(spec, load_tasks(Path(spec.path))) for spec in cfg.metadata.benchmark]
     logger = next((c for c in cfg.callbacks if c.kind == "local_logger"), None)
     output_dir = Path(logger.params.output_dir) if logger else cfg.workspace / "outputs"
@@ -68,17 +81,12 @@ def _plan(cfg: Any) -> _Plan:
 
 
 def _check_writable(output_dir: Path) -> None:
-    """Fail before training, with a clear message, if run files could not be written."""
-    probe = output_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write run files under {output_dir} ({probe} is not writable); "
+    """Fail before training, with a clear message, if run files could not be written
+    (an unwritable or missing-parent output directory, or a full disk)."""
+    problem = rundir.output_dir_problem(output_dir)
+    if problem:
+        raise RunError(f"cannot write run files under {output_dir}: {problem}; "
                        "set callbacks[].params.output_dir to a writable directory")
-    if probe == output_dir:
-        st = os.statvfs(output_dir)
-        if st.f_bavail * st.f_frsize < 50 * 2**20:
-            raise RunError(f"less than 50 MB free under {output_dir}; free some space or choose another output_dir")
 
 
 def _git_commit(workspace: Path) -> str | None:
@@ -115,7 +123,7 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
         if info.get("status") == rundir.ACTIVE:
             raise RunError(f"{run_dir} is still running (pid {info.get('pid')}); cancel it before resuming")
         start_step = _rewind(run_dir)
-        info.update(status=rundir.ACTIVE, pid=os.getpid(), ended_at=None, error=None, resumed_at=time.time())
+        info.update(status=rundir.ACTIVE, **rundir.owner(), ended_at=None, error=None, resumed_at=time.time())
     else:
         run_dir = Path(run_dir) if run_dir else rundir.claim_run_dir(plan.output_dir, run_name or plan.run_name)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +135,7 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
             "created_at": now, "started_at": now, "ended_at": None,
             "algorithm": cfg.algorithm.kind, "model": cfg.model.name, "backend": cfg.backend.kind,
             "config_hash": hashlib.sha256(yaml_text.encode()).hexdigest()[:16],
-            "git_commit": _git_commit(cfg.workspace), "parent_run_id": None, "pid": os.getpid(),
+            "git_commit": _git_commit(cfg.workspace), "parent_run_id": None, **rundir.owner(),
             "step": 0, "max_steps": None, "error": None,
             "config_path": str(cfg.source_path) if getattr(cfg, "source_path", None) else None,
             "final_metrics": {},

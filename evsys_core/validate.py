@@ -15,7 +15,6 @@ import difflib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,9 +58,12 @@ def validate(path: str | Path, deep: bool = False, workspace: Path | None = None
     return report
 
 
-def deep_checks(cfg: RunConfig, add: Add) -> None:
-    """Every offline check beyond the schema; each problem is passed to `add`."""
-    dataset = _check_data(cfg, add)
+def deep_checks(cfg: RunConfig, add: Add, dataset: Any = None) -> None:
+    """Every offline check beyond the schema; each problem is passed to `add`.
+
+    `dataset`: the training data when the caller has loaded it already (`evsys run` does)."""
+    if dataset is None:
+        dataset = _check_data(cfg, add)
     if dataset is not None:
         if _check_format_fit(cfg, dataset, add):
             _check_templates(cfg, dataset, add)
@@ -236,19 +238,9 @@ def _check_output(cfg: RunConfig, add: Add) -> None:
     params = cfg.callbacks[index].params
     field = f"callbacks.{index}.params.output_dir"
     out = params.output_dir
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        add(cfg.issue(field, f"{display_path(probe)} is a file, so output_dir "
-                      f"{display_path(out)} cannot be created; choose another directory"))
-        return
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        add(cfg.issue(field, f"cannot write in {display_path(probe)} ({e.strerror}); choose a "
-                      "writable output_dir"))
+    problem = rundir.output_dir_problem(out)
+    if problem:
+        add(cfg.issue(field, f"{problem}; choose another output_dir"))
         return
     if not params.run_name:
         return

@@ -17,6 +17,27 @@ KeyPath = tuple[str | int, ...]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# A config is a few hundred values; aliases can make a few hundred bytes of YAML expand to
+# billions of them ("billion laughs"). Building stops, with a YAMLProblem, past this many.
+MAX_VALUES = 20_000
+_TOO_BIG = (f"expands to more than {MAX_VALUES} values (YAML aliases that repeat other "
+            "aliases?); a config needs no such structure — write the values out plainly")
+
+
+def _count_exceeds(value: Any, limit: int = MAX_VALUES) -> bool:
+    """Does `value` (aliases counted at every place they appear) hold more than `limit` values?"""
+    stack, n = [value], 0
+    while stack:
+        v = stack.pop()
+        n += 1
+        if n > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
 
 @dataclass(frozen=True)
 class Mark:
@@ -63,6 +84,8 @@ class Loaded:
 
         Returns what is wrong with `path` instead, e.g. a list index out of range.
         """
+        if _count_exceeds(value):
+            return f"VALUE {_TOO_BIG}"
         node: Any = self.data
         walked: list[str | int] = []
         for i, part in enumerate(path):
@@ -146,6 +169,8 @@ def _syntax_message(e: yaml.MarkedYAMLError, text: str) -> str:
 
 def _build(loader: Any, node: Any, path: KeyPath, source: str, out: Loaded, active: set[int]) -> Any:
     out.value_marks[path] = _mark(source, node)
+    if len(out.value_marks) > MAX_VALUES:
+        raise YAMLProblem(f"the document {_TOO_BIG}", _mark(source, node))
     if id(node) in active:
         raise YAMLProblem("a YAML alias refers to its own ancestor (a recursive structure)",
                           _mark(source, node))

@@ -97,17 +97,20 @@ def resolve_local_model(name: str, workspace: Path | None = None) -> ModelSource
     path = Path(name).expanduser()
     if not path.is_absolute():
         path = (workspace or Path.cwd()) / path
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(name, "gguf", path.resolve())
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return ModelSource(name, "hf_dir", path.resolve())
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return ModelSource(name, "gguf", ggufs[0].resolve())
-        tried.append(f"directory {path}: no config.json and {len(ggufs)} .gguf files")
-    else:
-        tried.append(f"path {path}: does not exist")
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            return ModelSource(name, "gguf", path.resolve())
+        if path.is_dir():
+            if (path / "config.json").is_file():
+                return ModelSource(name, "hf_dir", path.resolve())
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ModelSource(name, "gguf", ggufs[0].resolve())
+            tried.append(f"directory {path}: no config.json and {len(ggufs)} .gguf files")
+        else:
+            tried.append(f"path {path}: does not exist")
+    except (OSError, ValueError) as e:  # a name too long for a file name, a NUL byte, ...
+        tried.append(f"path {str(path)[:200]}: not usable as a path ({getattr(e, 'strerror', None) or e})")
 
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         snap, repo_dir = _hf_cached_snapshot(name)

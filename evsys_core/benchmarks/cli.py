@@ -66,7 +66,7 @@ def _resolve(workspace: Path, p: str | Path) -> Path:
 
 def _find_run(workspace: Path, run: str | Path) -> Path:
     path = _resolve(workspace, run)
-    if (path / rundir.RUN_JSON).is_file() or (path / "config.yaml").is_file():
+    if os.path.isfile(path / rundir.RUN_JSON) or os.path.isfile(path / "config.yaml"):
         return path
     try:  # a run id or name, through the history index when it is there
         from evsys_core.history.index import open_index
@@ -166,7 +166,7 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
         raise UsageError("give exactly one of --model NAME (a base model) or --run RUN_DIR "
                          "(a training run's final weights)")
     bench_dir = _resolve(workspace, benchmark_dir)
-    if not (bench_dir / "tasks.jsonl").is_file():
+    if not os.path.isfile(bench_dir / "tasks.jsonl"):  # False, not an error, for unusable names
         raise UsageError(f"--benchmark {benchmark_dir}: {bench_dir / 'tasks.jsonl'} does not "
                          "exist; pass a directory holding tasks.jsonl")
     if backend is not None and backend not in ("local", "tinker"):
@@ -184,7 +184,7 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
             system_prompt = _dig(target.config, "algorithm", "params", "system_prompt")
     else:
         local = _resolve(workspace, model)  # a model directory inside the workspace
-        name_or_dir = str(local) if not Path(str(model)).is_absolute() and local.exists() \
+        name_or_dir = str(local) if not Path(str(model)).is_absolute() and os.path.exists(local) \
             else str(model)
         target, entry = _Target(backend=backend or "local", model=name_or_dir), {}
         if target.backend == "local":  # fail before writing anything (ModelNotFoundError)
@@ -212,6 +212,10 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
     tasks = [task for _, task in numbered]
 
     out_dir = _resolve(workspace, output) if output else workspace / "outputs" / "scores"
+    problem = rundir.output_dir_problem(out_dir)
+    if problem:
+        raise RunError(f"cannot write the score's run directory under {out_dir}: {problem}; "
+                       "pass --output a writable directory")
     who = target.parent_dir.name if target.parent_dir else _slug(target.model.split("/")[-1])
     run_dir = rundir.claim_run_dir(out_dir, f"{_slug(spec.name)}-{who}")
     from evsys_core.callbacks import LocalLogger
@@ -224,7 +228,7 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
         "model": target.model, "backend": target.backend, "config_hash": None,
         "git_commit": None, "parent_run_id": parent.get("id") or (
             rundir.inferred_run_id(target.parent_dir) if target.parent_dir else None),
-        "pid": os.getpid(), "step": 0, "max_steps": 0, "error": None, "config_path": None,
+        **rundir.owner(), "step": 0, "max_steps": 0, "error": None, "config_path": None,
         "final_metrics": {},
         "score": {"benchmark": str(bench_dir), "benchmark_name": spec.name,
                   "split": spec.split, "metrics": spec.metrics, "num_samples": n,

@@ -30,6 +30,7 @@ import difflib
 import importlib
 import importlib.util
 import math
+import os
 import re
 import sys
 import unicodedata
@@ -338,6 +339,11 @@ def check_spec(spec: Any, task_dir: Path, *, line: int | None = None,
             raise fail("path", "missing; command verifiers name a task directory (relative "
                        "to tasks.jsonl) holding tests/test.sh")
         tdir = task_dir / spec.path
+        if Path(spec.path).is_absolute() or not (os.path.normpath(tdir) + os.sep).startswith(
+                os.path.normpath(task_dir) + os.sep):
+            raise fail("path", f"{spec.path!r} leaves the benchmark directory; a command task is "
+                       "a sub-directory of the folder holding tasks.jsonl (e.g. \"path\": "
+                       "\"my_task\")")
         if not tdir.is_dir():
             raise fail("path", f"task directory {tdir} does not exist; create it with "
                        "tests/test.sh, or fix the path (relative to tasks.jsonl's directory)")
@@ -366,8 +372,11 @@ def _load_python_fn(ref: str | None, task_dir: Path, fail: Callable[[str, str], 
     rel = Path(*module_name.split("."))
     candidates = [task_dir / rel.with_suffix(".py"), task_dir / rel / "__init__.py"]
     path = next((p for p in candidates if p.is_file()), None)
+    from evsys_core.data import no_bytecode
+
     try:
-        module = _import_file(path, task_dir) if path else importlib.import_module(module_name)
+        with no_bytecode():
+            module = _import_file(path, task_dir) if path else importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if path is None and e.name and module_name.startswith(e.name):
             raise fail("fn", f"module {module_name!r} not found: looked for "

@@ -48,7 +48,7 @@ def read_run_info(run_dir: str) -> tuple[dict[str, Any], FileStat | None]:
     """run.json and the stat of the very file read. A `running` run whose process is gone is
     turned into `interrupted` by `rundir.read_run_json` (which saves it) and read again."""
     info, st = _read_json_with_stat(os.path.join(run_dir, rundir.RUN_JSON))
-    if info.get("status") == rundir.ACTIVE and not rundir.pid_alive(info.get("pid")):
+    if info.get("status") == rundir.ACTIVE and not rundir.run_alive(info):
         saved = rundir.read_run_json(Path(run_dir))
         again, st2 = _read_json_with_stat(os.path.join(run_dir, rundir.RUN_JSON))
         if again.get("status") == saved.get("status"):
@@ -66,7 +66,7 @@ def _read_json_with_stat(path: str) -> tuple[dict[str, Any], FileStat | None]:
         return {}, None
     try:
         info = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         info = {}
     stat = FileStat("run_json", st.st_size, st.st_mtime_ns, st.st_ino)
     return (info if isinstance(info, dict) else {}), stat
@@ -141,13 +141,13 @@ def _parse_lines(raw: list[bytes]) -> list[Any]:
         objs = json.loads(b"[" + b",".join(raw) + b"]")
         if len(objs) == len(raw):
             return objs
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     out: list[Any] = []
     for line in raw:  # a blank or corrupt line somewhere: line by line
         try:
             out.append(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):
             out.append(None)
     return out
 

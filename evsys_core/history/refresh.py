@@ -96,21 +96,26 @@ def unchanged(root: str, snap: Snapshot) -> tuple[RefreshStats | None, discover.
         lr = snap.live.get(rel)
         if lr is None:
             return None, walk
-        on_disk = ingest.list_run_files(discover.join(root, rel), rel)
+        run_dir = discover.join(root, rel)
+        on_disk = ingest.list_run_files(run_dir, rel)
         checked += len(on_disk)
         if {p: (st.size, st.mtime_ns, st.ino) for p, st in on_disk.items()} != lr.files:
             return None, walk
-        if _status_moved(lr.pid, lr.inferred, on_disk, now):
+        if _status_moved(run_dir, lr.pid, lr.inferred, on_disk, now):
             return None, walk
     return RefreshStats(runs_total=walk.runs, dirs_checked=walk.dirs_checked, files_checked=checked,
                         fast_path=True, seconds=time.perf_counter() - t0), walk
 
 
-def _status_moved(pid: int | None, inferred: bool, on_disk: dict[str, ingest.FileStat],
-                  now: float) -> bool:
-    """A `running` run whose process is gone, or an inferred run gone quiet."""
+def _status_moved(run_dir: str, pid: int | None, inferred: bool,
+                  on_disk: dict[str, ingest.FileStat], now: float) -> bool:
+    """A `running` run whose process is gone (or whose pid now names another process, by its
+    start time in run.json), or an inferred run gone quiet."""
     if not inferred:
-        return not rundir.pid_alive(pid)
+        if not rundir.pid_alive(pid):
+            return True
+        info, _ = ingest._read_json_with_stat(os.path.join(run_dir, rundir.RUN_JSON))
+        return bool(info) and not rundir.run_alive(info)
     newest = max((st.mtime_ns for st in on_disk.values()), default=0) / 1e9
     return now - newest >= ingest.STALE_AFTER_S
 
@@ -159,7 +164,8 @@ class Refresher:
                 or (old.size, old.mtime_ns, old.ino) != (st.size, st.mtime_ns, st.ino)
             }
             removed = set(mine) - set(on_disk)
-            recheck = rel in live and _status_moved(live[rel][1], live[rel][2], on_disk, self.now)
+            recheck = rel in live and _status_moved(discover.join(self.root, rel), live[rel][1], live[rel][2],
+                                                    on_disk, self.now)
             if old_id is None or changed or removed or recheck:
                 changes.append(RunChange(rel, old_id, on_disk, changed, removed, recheck))
 

@@ -220,7 +220,7 @@ def resolve(con: Any, workspace: Path, run: str) -> dict[str, Any]:
         raise RunError("no run given: pass a run id, a name (or unique prefix), or a run directory")
     select = "SELECT * FROM runs WHERE "
     hit = _dicts(con.execute(select + "run_id = ?", [s]))
-    if not hit and ("/" in s or os.sep in s or s in (".", "..") or Path(s).is_dir()):
+    if not hit and ("/" in s or os.sep in s or s in (".", "..") or os.path.isdir(s)):  # no OSError
         rel = _relative(workspace, s)
         hit = _dicts(con.execute(select + "path = ?", [rel]))
         if not hit:

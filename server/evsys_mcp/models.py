@@ -55,6 +55,7 @@ class MetricsResult(BaseModel):
     run_id: str
     series: list[MetricSeries]
     available_keys: list[str]
+    note: str | None = Field(None, description="set when series or available_keys were cut")
 
 
 class ConfigIssue(BaseModel):

@@ -46,6 +46,10 @@ MAX_CELL_CHARS = 2_000
 MAX_QUERY_CHARS = 200_000
 QUERY_TIMEOUT_S = 10.0
 POLL_S = 1.0
+MAX_ERROR_CHARS = 4_000   # run.json is a file anything may have written: bound what we echo
+MAX_METRIC_KEYS = 500
+MAX_SERIES = 50        # curves per get_metrics answer
+MAX_TOTAL_POINTS = 10_000  # points per get_metrics answer, shared by its curves
 
 RunRef = Annotated[str, Field(
     min_length=1, max_length=1024,
@@ -78,13 +82,33 @@ def _num(v: Any) -> float | None:
     return None if (isinstance(v, float) and not math.isfinite(v)) else float(v)
 
 
-def _metrics_dict(d: Any) -> dict[str, float | None]:
+def _metrics_dict(d: Any, limit: int = MAX_METRIC_KEYS) -> dict[str, float | None]:
+    """Metric name -> number, at most `limit` of them (names cut to 200 characters)."""
     if isinstance(d, str):
         try:
             d = json.loads(d)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
-    return {str(k): _num(v) for k, v in d.items()} if isinstance(d, dict) else {}
+    if not isinstance(d, dict):
+        return {}
+    out: dict[str, float | None] = {}
+    for k, v in d.items():
+        if len(out) >= limit:
+            break
+        out[str(k)[:200]] = _num(v)
+    return out
+
+
+def _text(v: Any, limit: int) -> str | None:
+    """A run.json text field as a bounded string."""
+    if v is None:
+        return None
+    v = v if isinstance(v, str) else str(v)
+    return v if len(v) <= limit else v[:limit] + f"… [{len(v) - limit} more characters]"
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def _jsonable(v: Any) -> Any:
@@ -166,9 +190,10 @@ class EvsysTools:
         if isinstance(conclusion, str) and len(conclusion) > 500:
             conclusion = conclusion[:500] + "…"
         return RunRow(
-            id=str(r["run_id"]), name=r.get("name"), status=r.get("status"),
-            run_dir=self._rel(self.workspace / where) if where else None, algorithm=r.get("algorithm"),
-            model=r.get("model"), backend=r.get("backend"), started_at=_time(r.get("started_at")),
+            id=str(r["run_id"]), name=_text(r.get("name"), 200), status=_text(r.get("status"), 100),
+            run_dir=self._rel(self.workspace / where) if where else None,
+            algorithm=_text(r.get("algorithm"), 100), model=_text(r.get("model"), 300),
+            backend=_text(r.get("backend"), 100), started_at=_time(r.get("started_at")),
             ended_at=_time(r.get("ended_at")), step=r.get("steps"), max_steps=r.get("max_steps"),
             parent_run_id=r.get("parent_run_id"), metrics=_metrics_dict(r.get("metrics")),
             conclusion=conclusion if isinstance(conclusion, str) else None,
@@ -186,11 +211,12 @@ class EvsysTools:
         if status in ("failed", "interrupted") and (run_dir / rundir.TRAIN_LOG).is_file():
             log_tail, _ = tail_lines(paths.confined_file(self.workspace, run_dir / rundir.TRAIN_LOG, "log"), 20)
         return RunStatus(
-            run_id=str(info.get("id") or run_id), name=info.get("name"), status=status,
-            run_dir=self._rel(run_dir), pid=info.get("pid"), step=info.get("step"),
-            max_steps=info.get("max_steps"), started_at=started, ended_at=ended,
-            elapsed_s=round((ended or time.time()) - started, 1) if started else None,
-            error=info.get("error"), final_metrics=_metrics_dict(info.get("final_metrics")),
+            run_id=_text(info.get("id") or run_id, 200), name=_text(info.get("name"), 200),
+            status=_text(status, 100), run_dir=self._rel(run_dir), pid=_int(info.get("pid")),
+            step=_int(info.get("step")), max_steps=_int(info.get("max_steps")), started_at=started,
+            ended_at=ended, elapsed_s=round((ended or time.time()) - started, 1) if started else None,
+            error=_text(info.get("error"), MAX_ERROR_CHARS),
+            final_metrics=_metrics_dict(info.get("final_metrics")),
             latest_metrics=self._latest_metrics(run_dir), log_tail=log_tail,
         )
 
@@ -205,11 +231,11 @@ class EvsysTools:
                 break
             try:
                 row = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(row, dict):
                 latest.update(_metrics_dict(row.get("metrics")))
-        return latest
+        return dict(list(latest.items())[-MAX_METRIC_KEYS:])
 
     def _validate(self, path: Path, deep: bool, overrides: list[str] | None = None) -> ValidationReport:
         """`evsys validate --json` for a confined path, with the path shown relative to the workspace."""
@@ -284,12 +310,19 @@ class EvsysTools:
         with self._index() as idx:
             curves = idx.curves(run_id, keys, split)["curves"]
         series = []
-        for key, pts in curves.items():
+        shown = list(curves.items())[:MAX_SERIES]
+        per_series = max(2, min(max_points, MAX_TOTAL_POINTS // max(len(shown), 1)))
+        for key, pts in shown:
             points = [(int(p[0]), _num(p[1])) for p in pts if p[0] is not None]
-            kept = _downsample(points, max_points)
+            kept = _downsample(points, per_series)
             series.append(MetricSeries(key=key, split=split, points=[MetricPoint(step=s, value=v) for s, v in kept],
                                        total_points=len(points), downsampled=len(kept) < len(points)))
-        return MetricsResult(run_id=run_id, series=series, available_keys=sorted(curves))
+        available = sorted(curves)
+        note = None
+        if len(curves) > MAX_SERIES or len(available) > MAX_METRIC_KEYS:
+            note = (f"{len(curves)} metrics; the first {min(len(curves), MAX_SERIES)} are shown and "
+                    f"{min(len(available), MAX_METRIC_KEYS)} names listed — pass keys=[...] to choose")
+        return MetricsResult(run_id=run_id, series=series, available_keys=available[:MAX_METRIC_KEYS], note=note)
 
     @tool_boundary
     def query_runs(
@@ -337,11 +370,13 @@ class EvsysTools:
         return self._comparison(cmp)
 
     def _comparison(self, cmp: dict[str, Any]) -> CompareResult:
+        config = cmp.get("config", [])[:MAX_METRIC_KEYS]
+        metrics = cmp.get("metrics", [])[:MAX_METRIC_KEYS]  # bounded however many a run logged
         return CompareResult(
             runs=[self._row(r) for r in cmp["runs"]],
-            config_diff={d["key"]: list(d["values"]) for d in cmp.get("config", [])},
-            metrics={m["key"]: [_num(v) for v in m["final"]] for m in cmp.get("metrics", [])},
-            deltas={m["key"]: [_num(v) for v in m["delta"]] for m in cmp.get("metrics", [])},
+            config_diff={str(d["key"])[:200]: [_jsonable(v) for v in d["values"]] for d in config},
+            metrics={str(m["key"])[:200]: [_num(v) for v in m["final"]] for m in metrics},
+            deltas={str(m["key"])[:200]: [_num(v) for v in m["delta"]] for m in metrics},
         )
 
     @tool_boundary
@@ -432,11 +467,16 @@ class EvsysTools:
                 raise ToolError(f"{source}: {name} = {value} resolves to {resolved}, outside the workspace "
                                 f"{self.workspace}; nothing was {verb}. Use a path inside the workspace.")
         model = str(cfg.model.name)
-        if model.startswith(("/", "~", ".")) or ".." in Path(model).parts:
-            resolved = (self.workspace / Path(model).expanduser()).resolve()
-            if not resolved.is_relative_to(self.workspace):
-                raise ToolError(f"{source}: model.name = {model} is a path outside the workspace; nothing was "
-                                f"{verb}. Use a model name or a model directory inside the workspace.")
+        if not self._model_inside(model):
+            raise ToolError(f"{source}: model.name = {model} is a path outside the workspace; nothing was "
+                            f"{verb}. Use a model name or a model directory inside the workspace.")
+
+    def _model_inside(self, model: str) -> bool:
+        """False when `model` is a path (or a symlink inside the workspace) leading outside it."""
+        p = self.workspace / Path(model).expanduser()
+        if model.startswith(("/", "~", ".")) or ".." in Path(model).parts or os.path.lexists(p):
+            return p.resolve().is_relative_to(self.workspace)
+        return True  # a model name (a hub id, the default model), not a path
 
     def _renamed(self, report: ValidationReport, tmp: Path, target: Path) -> ValidationReport:
         """Issues name the file the agent asked for, not the candidate file."""
@@ -516,7 +556,7 @@ class EvsysTools:
             "id": rundir.new_run_id(), "name": run_dir.name, "status": rundir.ACTIVE,
             "created_at": now, "started_at": now, "ended_at": None,
             "algorithm": cfg.algorithm.kind, "model": cfg.model.name, "backend": cfg.backend.kind,
-            "config_hash": None, "git_commit": None, "parent_run_id": None, "pid": pid, "step": 0,
+            "config_hash": None, "git_commit": None, "parent_run_id": None, **rundir.owner(pid), "step": 0,
             "max_steps": getattr(cfg.algorithm.params, "max_steps", None), "error": None,
             "config_path": str(cfg_path), "final_metrics": {},
         }
@@ -623,7 +663,7 @@ class EvsysTools:
         bench = paths.resolve_in_workspace(self.workspace, benchmark, what="benchmark")
         if model is not None:
             paths.check_text(model, "model", 300)
-            if model.startswith(("/", "~")) or ".." in Path(model).parts:
+            if model.startswith(("/", "~")) or ".." in Path(model).parts or not self._model_inside(model):
                 raise ToolError(f"model {model!r}: give a model name or a path inside the workspace")
         run_dir = self._resolve(run)[1] if run is not None else None
 

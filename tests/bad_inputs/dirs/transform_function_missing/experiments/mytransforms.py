@@ -1,0 +1,2 @@
+def to_prompts(row):
+    return {'inputs': {'question': row['q']}, 'expected': row['a']}

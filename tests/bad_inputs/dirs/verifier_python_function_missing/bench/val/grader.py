@@ -1,0 +1,2 @@
+def grade_answer(answer, expected):
+    return float(expected in answer)
