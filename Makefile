@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench bench-quick bench-peers clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,25 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/sdft_walkthrough/run.py
 
-bench: $(STAMP)
+# Benchmarks with peers side by side (bench/RESULTS.md). The peers (TRL, MLflow) live in their
+# own virtualenv, bench/.venv-peers; torch is installed first and pinned, as above.
+PEERS       := bench/.venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP): bench/requirements-peers.txt bench/constraints-peers.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q torch==2.13.0
+	$(PEERS)/bin/python -m pip install -q -r bench/requirements-peers.txt -c bench/constraints-peers.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+
+bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) bench/run.py
+
+bench-quick: $(STAMP) $(PEERS_STAMP)
+	$(PY) bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,9 +13,11 @@ Measured, each with one warm-up and `--reps` repetitions (min / median / max):
   - "top 5 runs by final val/val/pass@1" through the index (`Index.best` and `Index.query`)
     and through a plain-Python scan of every metrics.jsonl, interleaved, with the ratio
     computed pair by pair.
-The `## History` section of bench/RESULTS.md is replaced with the figures.
-MLflow (issue 7, B4) plugs in at `PEERS` below: a function (workspace, runs) -> seconds per
-top-5 query, measured in the same loop as the others.
+  - the same top-5 through MLflow's `MlflowClient.search_runs` on the same runs logged into
+    MLflow's SQLite store (bench/peer_mlflow.py, under bench/.venv-peers; the database is
+    built once into bench/.cache, ~15 minutes for 10,000 runs, and reused), interleaved with
+    the others, with its answer checked against the index's and the ratio computed pair by pair.
+The `## B4 — history at scale` section of bench/RESULTS.md is replaced with the figures.
 """
 
 from __future__ import annotations
@@ -51,9 +53,47 @@ TARGETS = {  # issue 7, B4
     "ratio_vs_scan": 100.0,
 }
 
-# Other systems answering the same top-5 question: name -> fn(workspace, n_runs) -> a callable
-# that runs the query once. Empty until the MLflow comparison lands (issue 7, B4).
-PEERS: dict[str, Callable[[Path, int], Callable[[], object]]] = {}
+TITLE = "B4 — history at scale"
+BENCH = ROOT / "bench"
+PEERS_PY = BENCH / ".venv-peers" / "bin" / "python"
+
+
+class MLflowPeer:
+    """`peer_mlflow.py serve` kept running: each call asks one top-5 and returns the seconds
+    MLflow took in its own process (its client, engine and imports warm) and its answer."""
+
+    name = "MLflow `search_runs` (SQLite store)"
+
+    def __init__(self, ws: Path, n_runs: int, steps: int):
+        import subprocess
+
+        self.db = CACHE / f"mlflow-{n_runs}x{steps}.db"
+        if not self.db.exists():
+            print(f"  logging {n_runs} runs into MLflow ({self.db.name}; cached for later runs)",
+                  file=sys.stderr, flush=True)
+            subprocess.run([str(PEERS_PY), str(BENCH / "peer_mlflow.py"), "build", "--history", str(ws),
+                            "--db", str(self.db)], check=True)
+        self.proc = subprocess.Popen([str(PEERS_PY), str(BENCH / "peer_mlflow.py"), "serve", "--db",
+                                      str(self.db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        hello = json.loads(self.proc.stdout.readline())
+        self.version = hello["mlflow"]
+
+    def __call__(self) -> tuple[float, list[float]]:
+        self.proc.stdin.write("top5\n")
+        self.proc.stdin.flush()
+        ans = json.loads(self.proc.stdout.readline())
+        return ans["seconds"], ans["top5"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def make_peers(ws: Path, n_runs: int, steps: int) -> list:
+    if not PEERS_PY.exists():
+        print("  MLflow not measured: bench/.venv-peers is missing (make bench-peers)", file=sys.stderr)
+        return []
+    return [MLflowPeer(ws, n_runs, steps)]
 
 
 # ------------------------------------------------------------------ synthetic history
@@ -222,22 +262,29 @@ def run(n_runs: int, steps: int, reps: int) -> dict:
     got_best = [round(r["value"], 4) for r in index_top5_best(idx)]
     got_sql = [round(v, 4) for _, v in index_top5_sql(idx)]
     assert expect == got_best == got_sql, (expect, got_best, got_sql)
-    peers = {name: make(ws, n_runs) for name, make in PEERS.items()}
+    peers = make_peers(ws, n_runs, steps)
     best_t, sql_t, scan_t = [], [], []
-    peer_t: dict[str, list[float]] = {name: [] for name in peers}
+    peer_t: dict[str, list[float]] = {p.name: [] for p in peers}
     for r in range(reps + 1):  # interleaved, so a noisy moment hits every contender
         b = timed(lambda: index_top5_best(idx))
         q = timed(lambda: index_top5_sql(idx))
         s = timed(lambda: scan_top5(ws))
-        p = {name: timed(fn) for name, fn in peers.items()}
-        print(f"  top-5 {r}: best {b * 1e3:.1f} ms, sql {q * 1e3:.1f} ms, scan {s:.2f} s",
+        p = {}
+        for peer in peers:
+            p[peer.name], top = peer()
+            assert top == expect, (peer.name, top, expect)
+        print(f"  top-5 {r}: best {b * 1e3:.1f} ms, sql {q * 1e3:.1f} ms, scan {s:.2f} s"
+              + "".join(f", {k.split()[0]} {v * 1e3:.1f} ms" for k, v in p.items()),
               file=sys.stderr, flush=True)
         if r:
             best_t.append(b)
             sql_t.append(q)
             scan_t.append(s)
-            for name in peers:
+            for name in p:
                 peer_t[name].append(p[name])
+    for peer in peers:
+        peer.close()
+    res["peer_versions"] = {peer.name: peer.version for peer in peers}
     res["top5_best"], res["top5_sql"], res["top5_scan"] = best_t, sql_t, scan_t
     res["connect"] = [timed(lambda: store.connect(str(idx.db_path), read_only=True).close())
                       for _ in range(reps)]
@@ -280,9 +327,9 @@ def section(res: dict, command: str) -> str:
     n = res["runs"]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "## History",
+        f"## {TITLE}",
         "",
-        f"B4 — {res['runs']:,} runs x {res['steps']} steps ({res['metric_rows']:,} metric rows, "
+        f"{res['runs']:,} runs x {res['steps']} steps ({res['metric_rows']:,} metric rows, "
         f"index {res['index_mb']:.0f} MB); {res['reps']} repetitions after a warm-up. "
         f"`{command}`, {when}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"DuckDB {duckdb.__version__}; 1-minute load average {res['load'][0]:.1f} at the start, "
@@ -305,10 +352,25 @@ def section(res: dict, command: str) -> str:
                   TARGETS["ratio_vs_scan"], n),
     ]
     for name, xs in res["peers"].items():
-        lines.append(row(f"top-5 through {name}", xs))
+        lines.append(row(f"top-5 through {name} {res['peer_versions'][name]}", xs))
+        ratios = [p / b for p, b in zip(xs, res["top5_best"])]
+        lo, mid, hi = stats(ratios)
+        ok = "met" if mid > 1 else f"**missed**: MLflow is {1 / mid:.2f}x faster"
+        lines.append(f"| {name.split()[0]} / `Index.best` (pair by pair) | {lo:.2f}x | {mid:.2f}x | "
+                     f"{hi:.2f}x | > 1x (faster than MLflow) | {ok} |")
+        ratios = [p / q for p, q in zip(xs, res["top5_sql"])]
+        lo, mid, hi = stats(ratios)
+        ok = "met" if mid > 1 else f"**missed**: MLflow is {1 / mid:.2f}x faster"
+        lines.append(f"| {name.split()[0]} / `Index.query` (pair by pair) | {lo:.2f}x | {mid:.2f}x | "
+                     f"{hi:.2f}x | > 1x (faster than MLflow) | {ok} |")
     if not res["peers"]:
-        lines += ["", "MLflow `search_runs` (issue 7) is not measured yet; it plugs in at "
-                  "`PEERS` in bench/bench_history.py."]
+        lines += ["", "MLflow was not measured: bench/.venv-peers is missing (`make bench-peers`)."]
+    else:
+        lines += ["", "MLflow's figure is the time `MlflowClient.search_runs(order_by=[\"metrics.`val/val/"
+                  "pass_at_1` DESC\"], max_results=5)` takes inside a process where the client is already "
+                  "made (MLflow refuses '@' in metric names, so `pass@1` is logged as `pass_at_1`); the "
+                  "index's figures include opening and closing a DuckDB connection per query. Both return "
+                  "the same five values (checked every repetition)."]
     lines += ["", "Each top-5 figure includes opening and closing a read-only DuckDB "
               "connection (the row above: DuckDB's own start-up). The nothing-changed refresh "
               f"stats {res['nothing_changed_dirs']:,} directories, reads no file and opens no "
@@ -320,7 +382,7 @@ def section(res: dict, command: str) -> str:
 def write_section(text: str) -> None:
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     lines = old.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == "## History"), None)
+    start = next((i for i, l in enumerate(lines) if l.rstrip() == f"## {TITLE}"), None)
     if start is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
@@ -338,14 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument("--section-out", type=Path, default=None,
+                    help="write this benchmark's RESULTS.md section to FILE (used by bench/run.py)")
     args = ap.parse_args(argv)
     n = 1000 if args.quick else args.runs
     res = run(n, args.steps, max(1, args.reps))
-    command = "python bench/bench_history.py" + (" --quick" if args.quick else
+    command = "bench/bench_history.py" + (" --quick" if args.quick else
                                                  f" --runs {n}" if n != 10_000 else "")
     text = section(res, command)
     print(text)
-    if not args.no_write:
+    if args.section_out is not None:
+        args.section_out.write_text(text.rstrip("\n") + "\n")
+    elif not args.no_write:
         write_section(text)
         print(f"updated {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     return 0

@@ -10,9 +10,11 @@ Design:
 - One loaded copy of a base model per `_Engine`; LoRA (all linear layers, alpha 32, no
   dropout) is injected into it with PEFT. Float32 on CPU, bf16 on CUDA.
 - Training calls run when called and return finished futures; `forward_backward` runs its
-  datums as one right-padded batch (no attention mask is needed: attention is causal, so real
-  tokens never see the padding after them). Gradients accumulate until `optim_step`
-  (torch AdamW with Tinker's AdamParams), as in Tinker.
+  datums as right-padded batches of similar lengths, at most TRAIN_TOKENS_PER_PASS padded
+  tokens each (no attention mask is needed: attention is causal, so real tokens never see the
+  padding after them; the loss is a sum, so the passes add up exactly and memory stays bounded
+  whatever the batch). Gradients accumulate until `optim_step` (torch AdamW with Tinker's
+  AdamParams), as in Tinker.
 - Sampling calls are queued per client; the first `.result()` runs every pending request of
   that client as one batch (local_sampler.py). Submitting a whole batch before waiting — the
   pattern Tinker recommends — therefore gets batched compute for free.
@@ -43,13 +45,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import torch
-from tinker import types
+# OpenMP threads that wait at the end of each parallel op sleep instead of spinning. On a machine
+# whose cores other work shares, spinning threads steal the CPU the op is waiting for: a decode
+# step measured 2-40x slower with torch's default (bench/RESULTS.md, "Engine changes, A/B"). It
+# only takes effect if set before torch is first imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from evsys_core.backends import local_sampler, losses
-from evsys_core.backends.local_sampler import SampleRequest
-from evsys_core.backends.models import ModelSource, cache_dir, load_model, resolve_local_model
-from evsys_core.errors import BackendError
+import torch  # noqa: E402
+from tinker import types  # noqa: E402
+
+from evsys_core.backends import local_sampler, losses  # noqa: E402
+from evsys_core.backends.local_sampler import SampleRequest  # noqa: E402
+from evsys_core.backends.models import ModelSource, cache_dir, load_model, resolve_local_model  # noqa: E402
+from evsys_core.errors import BackendError  # noqa: E402
 
 LORA_ALPHA = 32
 ADAPTER_NAME = "default"
@@ -59,6 +67,11 @@ ADAPTER_FILE = "adapter_model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 MAX_BATCH_ROWS = 64              # sampled rows decoded together
 PROMPT_LOGITS_BUDGET = 1 << 28   # prefill logits (floats) held at once when prompt logprobs are asked
+# Padded tokens per forward/backward pass (bench/RESULTS.md, B1): activation memory grows with
+# the tokens of a pass (~2 MB a token for the default model), speed does not grow past a few
+# hundred tokens on a CPU.
+TRAIN_TOKENS_PER_PASS = int(os.environ.get("EVSYS_TRAIN_TOKENS_PER_PASS", "256"))
+TRAIN_TOKENS_PER_PASS_CUDA = 1 << 15
 
 
 # ------------------------------------------------------------------------------- futures
@@ -333,6 +346,21 @@ def collate(data: Sequence[types.Datum], loss_fn: str, vocab: int, device: str) 
     return _Batch(ids.to(device), inputs, lengths)
 
 
+def token_passes(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Datum indices grouped into forward/backward passes of at most `budget` padded tokens
+    (one datum alone may exceed it), shortest first so that each pass pads little."""
+    passes: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if cur and (len(cur) + 1) * lengths[i] > budget:
+            passes.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        passes.append(cur)
+    return passes
+
+
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) per position: (B, T) for (B, T) targets, (B, T, K) for (B, T, K)."""
     logits = logits.float()
@@ -377,16 +405,29 @@ class LocalTrainingClient:
         losses.check_loss_fn(loss_fn, config)
         eng = self._engine
         batch = collate(data, loss_fn, eng.model.config.vocab_size, eng.device)
+        budget = TRAIN_TOKENS_PER_PASS_CUDA if eng.device.startswith("cuda") else TRAIN_TOKENS_PER_PASS
+        lps: list[torch.Tensor] = [torch.empty(0)] * len(data)
+        metrics: dict[str, float] = {}
         with eng.lock, (contextlib.nullcontext() if backward else torch.no_grad()):
-            logits = eng.net(input_ids=batch.ids).logits
-            lp = target_logprobs(logits, batch.inputs["target_tokens"])
-            del logits
-            loss, metrics = losses.compute_loss(loss_fn, lp, batch.inputs, config)
-            if backward:
-                loss.backward()
-        lp = lp.detach().float().cpu()
-        outputs = [{"logprobs": types.TensorData.from_torch(lp[i, :n].contiguous())}
-                   for i, n in enumerate(batch.lengths)]
+            for rows in token_passes(batch.lengths, budget):
+                # Rows of similar length together, trimmed to the longest of them: the loss is a
+                # sum, so passes add up exactly, and memory is bounded by the budget, not the batch.
+                width = max(batch.lengths[i] for i in rows)
+                sel = torch.tensor(rows, device=batch.ids.device)
+                inputs = {k: v[sel, :width] for k, v in batch.inputs.items()}
+                logits = eng.net(input_ids=batch.ids[sel, :width]).logits
+                lp = target_logprobs(logits, inputs["target_tokens"])
+                del logits
+                loss, part = losses.compute_loss(loss_fn, lp, inputs, config)
+                if backward:
+                    loss.backward()
+                del loss
+                for k, v in part.items():  # every metric of compute_loss is a sum
+                    metrics[k] = metrics.get(k, 0.0) + v
+                lp = lp.detach().float().cpu()
+                for j, i in enumerate(rows):
+                    lps[i] = lp[j, : batch.lengths[i]].contiguous()
+        outputs = [{"logprobs": types.TensorData.from_torch(t)} for t in lps]
         return types.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord",
                                            loss_fn_outputs=outputs, metrics=metrics)
 

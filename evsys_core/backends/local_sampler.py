@@ -3,6 +3,10 @@
 `generate(model, requests, ...)` answers a list of `SampleRequest`s together:
 - prompts are left-padded into one batch and prefilled once; a request with
   `num_samples = n` has its prompt's KV cache replicated n times, never recomputed;
+- the prefix all prompts share (a chat template's system prompt and headers: most of a short
+  prompt) is prefilled once for the whole batch and its KV cache replicated to every row; each
+  row's own part follows, left-padded after it (padding in the middle is masked out, and
+  positions are each token's own);
 - prompt logprobs and top-K prompt logprobs come from that same prefill;
 - every row then decodes with its own temperature / top_k / top_p / stop / max_tokens.
 
@@ -61,13 +65,34 @@ def stop_rule(stop: Any, eos_ids: Sequence[int]) -> _Stops:
     return _Stops([int(s) for s in stop if not isinstance(s, str)], [s for s in stop if isinstance(s, str)])
 
 
-def _prefill_batch(reqs: Sequence[SampleRequest], pad_id: int, device: Any):
-    width = max(len(r.tokens) for r in reqs)
+MIN_SHARED_PREFIX = 8  # tokens: below this, prefilling a shared prefix apart is not worth a call
+
+
+def shared_prefix(reqs: Sequence[SampleRequest]) -> int:
+    """How many leading tokens every prompt of `reqs` shares, leaving each at least one of its own
+    (0 for a single request, or when the shared part is too short to be worth prefilling apart)."""
+    if len(reqs) < 2:
+        return 0
+    first = reqs[0].tokens
+    n = min(len(r.tokens) for r in reqs) - 1
+    for r in reqs[1:]:
+        t = r.tokens
+        i = 0
+        while i < n and t[i] == first[i]:
+            i += 1
+        n = i
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _prefill_batch(reqs: Sequence[SampleRequest], pad_id: int, device: Any, skip: int = 0):
+    """(ids, mask) of the prompts after their first `skip` tokens, left-padded."""
+    width = max(len(r.tokens) for r in reqs) - skip
     ids = torch.full((len(reqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(reqs), width), dtype=torch.long)
     for i, r in enumerate(reqs):
-        ids[i, width - len(r.tokens):] = torch.tensor(r.tokens)
-        mask[i, width - len(r.tokens):] = 1
+        n = len(r.tokens) - skip
+        ids[i, width - n:] = torch.tensor(r.tokens[skip:])
+        mask[i, width - n:] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -183,16 +208,32 @@ def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_i
 
     `new_cache()` makes an empty KV cache; `cache_kw` is the model's keyword for it
     ("cache" in transformers 5, "past_key_values" before)."""
-    # Prefill: each prompt once, left-padded; all positions' logits only if prompt scores are asked.
-    ids, mask = _prefill_batch(reqs, pad_id, device)
-    kv = new_cache()
+    # Prefill: the shared prefix once, then each prompt's own part, left-padded after it; all
+    # positions' logits only if prompt scores are asked.
     need_all = any(r.prompt_logprobs or r.topk > 0 for r in reqs)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+    kv = new_cache()
+    skip = shared_prefix(reqs)
+    head_logits = None
+    if skip:
+        head = torch.tensor([reqs[0].tokens[:skip]], dtype=torch.long, device=device)
+        out = model(input_ids=head, use_cache=True, logits_to_keep=0 if need_all else 1, **{cache_kw: kv})
+        head_logits = out.logits[0] if need_all else None
+        del out
+        kv.batch_repeat_interleave(len(reqs))
+    ids, tail_mask = _prefill_batch(reqs, pad_id, device, skip)
+    mask = torch.cat([tail_mask.new_ones((len(reqs), skip)), tail_mask], dim=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(skip + tail_mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True, logits_to_keep=0 if need_all else 1, **{cache_kw: kv})
-    scores = [_prompt_scores(out.logits[i], r) if (r.prompt_logprobs or r.topk > 0) else (None, None)
+
+    def row_logits(i: int) -> torch.Tensor:
+        """Row i's logits at every position of its prompt."""
+        own = out.logits[i, out.logits.shape[1] - (len(reqs[i].tokens) - skip):]
+        return own if head_logits is None else torch.cat([head_logits, own])
+
+    scores = [_prompt_scores(row_logits(i), r) if (r.prompt_logprobs or r.topk > 0) else (None, None)
               for i, r in enumerate(reqs)]
     logits = out.logits[:, -1].float()
-    del out
+    del out, head_logits
 
     # One row per sample: the prompt's KV cache is replicated, not recomputed.
     rows = _Rows(reqs, eos_ids, max_len, device)

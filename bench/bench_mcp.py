@@ -1,0 +1,119 @@
+"""B5 — MCP: `list_runs` and `query_runs` latency through a real MCP client at scale.
+
+    .venv/bin/python bench/bench_mcp.py [--quick] [--reps 5] [--calls 20]
+
+`evsys-mcp --workspace <B4 history>` (10,000 runs x 200 steps; 1,000 with --quick; the
+index already built by bench_history.py, or built here first) is spawned once and driven over
+stdio by the MCP SDK's client, as an agent would. After one warm-up call of each tool, each
+repetition makes `--calls` calls of each tool, interleaved, and records every call's round
+trip; the table gives the min / median (p50) / p90 / max over all calls, and the p50 of each
+repetition (min / median / max across repetitions). Every call includes the server's index
+refresh (the runs are unchanged, so it is the nothing-changed refresh).
+  - list_runs {}: the 50 newest runs with their headline metrics;
+  - list_runs {sort_by: "val/val/pass@1:desc", limit: 5}: the top 5;
+  - query_runs: the top 5 by final val/val/pass@1 in SQL (latest_metrics joined to runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import log  # noqa: E402
+
+TITLE = "B5 — MCP latency"
+TARGET = 0.050
+BIN = common.ROOT / ".venv" / "bin"
+SQL = ("SELECT r.name, l.value FROM latest_metrics l JOIN runs r USING (run_id) "
+       "WHERE l.key = 'val/val/pass@1' ORDER BY l.value DESC LIMIT 5")
+CALLS = [
+    ("`list_runs` (default: 50 newest)", "list_runs", {}),
+    ("`list_runs` top 5 by val/val/pass@1", "list_runs", {"sort_by": "val/val/pass@1:desc", "limit": 5}),
+    ("`query_runs` top 5 (SQL)", "query_runs", {"sql": SQL}),
+]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def measure(ws: Path, reps: int, calls: int) -> dict:
+    import anyio
+    from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    server = StdioServerParameters(command=str(BIN / "evsys-mcp"), args=["--workspace", str(ws)], cwd=str(ws))
+    out: dict[str, list[list[float]]] = {label: [] for label, _, _ in CALLS}
+
+    async def go() -> None:
+        with open(os.devnull, "w") as err:
+            async with Client(stdio_client(server, errlog=err), read_timeout_seconds=600) as client:
+                for label, tool, argsd in CALLS:  # warm-up (and, on a fresh index, the build)
+                    r = await client.call_tool(tool, argsd)
+                    assert not r.is_error, r
+                for rep in range(reps):
+                    per = {label: [] for label, _, _ in CALLS}
+                    for _ in range(calls):
+                        for label, tool, argsd in CALLS:
+                            t = time.perf_counter()
+                            r = await client.call_tool(tool, argsd)
+                            per[label].append(time.perf_counter() - t)
+                            assert not r.is_error, r
+                    for label in per:
+                        out[label].append(per[label])
+                    log(f"B5 rep {rep}: " + ", ".join(f"{l.split('`')[1]} p50 {statistics.median(v) * 1e3:.1f} ms"
+                                                     for l, v in per.items()))
+
+    anyio.run(go)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(ap)
+    ap.add_argument("--calls", type=int, default=20, help="calls of each tool per repetition")
+    ap.add_argument("--workspace", type=Path, default=None)
+    args = ap.parse_args(argv)
+    n_runs = 1000 if args.quick else 10_000
+    ws = args.workspace or common.CACHE / f"history-{n_runs}x200"
+    if not ws.exists():
+        sys.path.insert(0, str(common.BENCH))
+        import bench_history
+
+        ws = bench_history.ensure_history(n_runs, 200)
+    loads = [common.load1()]
+    res = measure(ws, args.reps, args.calls)
+    loads.append(common.load1())
+    cmd = "bench/bench_mcp.py" + (" --quick" if args.quick else "")
+    lines = [f"## {TITLE}", "",
+             f"`{cmd}`: `evsys-mcp` over stdio, driven by the MCP SDK's client, on a history of {n_runs:,} runs "
+             f"x 200 steps; {args.reps} repetitions x {args.calls} calls of each tool after a warm-up, "
+             "each call timed at the client (round trip, including the server's index refresh). "
+             + common.conditions(loads[0], loads[-1]), "",
+             "| call | min | p50 | p90 | max | p50 per repetition (min / median / max) | target | |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, reps in res.items():
+        flat = [x for r in reps for x in r]
+        p50s = [statistics.median(r) for r in reps]
+        p50 = statistics.median(flat)
+        ok = common.verdict(p50 < TARGET, f"{common.fmt_s(p50 - TARGET)} over")
+        if n_runs < 10_000:
+            ok = f"(target is for 10,000 runs) {ok}"
+        lines.append(f"| {label} | {common.fmt_s(min(flat))} | {common.fmt_s(p50)} | {common.fmt_s(pct(flat, 0.9))} | "
+                     f"{common.fmt_s(max(flat))} | {common.fmt3(p50s)} | p50 < {common.fmt_s(TARGET)} | {ok} |")
+    note = common.BENCH / "notes" / "mcp.md"
+    if note.exists():
+        lines += ["", note.read_text().strip()]
+    common.finish(TITLE, "\n".join(lines) + "\n", args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
