@@ -33,8 +33,10 @@ def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model,
     config = REPO / "examples" / f"{walkthrough}_walkthrough" / "config.yaml"
     assert cli(["validate", str(config), "--deep", "--workspace", str(REPO)]) == 0
     out = io.StringIO()
-    result = evsys_core.run(config, ["algorithm.params.max_steps=1", f"callbacks.0.params.output_dir={tmp_path}",
-                                     "algorithm.params.max_tokens=24" if walkthrough != "sft" else "seed=0"],
+    small = {"sft": [], "sdft": ["algorithm.params.max_tokens=24"],
+             "rl": ["algorithm.params.max_tokens=24", "algorithm.params.group_size=4"]}[walkthrough]
+    result = evsys_core.run(config, ["algorithm.params.max_steps=1", "algorithm.params.batch_size=2",
+                                     f"callbacks.0.params.output_dir={tmp_path}", *small],
                             workspace=REPO, stream=out)
     assert result.status == "completed", out.getvalue()
     train = assert_run_dir(result.run_dir, 1, benches)
