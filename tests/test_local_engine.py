@@ -282,6 +282,45 @@ def test_sampling_errors_are_clear(service, tiny_model_dir, tmp_path):
         service.create_sampling_client(model_path="tinker://run/weights/x")
 
 
+def test_packed_linears_compute_the_model_with_its_adapter_merged_and_restore_it(tc, tok):
+    from evsys_core.backends.packed import packed_linears
+
+    step(tc, batch(tok), lr=5e-2)  # a non-zero adapter
+    model = tc.model
+    ids = torch.tensor([tok.encode(p + " is here")[:3] for p in PROMPTS[:3]])  # 3 rows, packed for 8
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        with model.disable_adapter():
+            ref_base = model(input_ids=ids).logits
+        with packed_linears(model, rows=8):
+            packed_forwards = [m for m in model.modules() if "forward" in vars(m)]
+            got = model(input_ids=ids).logits
+        with model.disable_adapter(), packed_linears(model, rows=8):
+            got_base = model(input_ids=ids).logits
+    # every LoRA linear (2 layers x 7) and the lm_head ran packed
+    assert len(packed_forwards) == 15
+    assert torch.allclose(got, ref, atol=1e-4) and torch.allclose(got_base, ref_base, atol=1e-4)
+    assert (ref - ref_base).abs().max() > 1e-3  # the merged adapter made a difference
+    assert not any("forward" in vars(m) for m in model.modules())  # class forwards are back
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing written
+
+
+def test_long_decodes_with_packed_weights_give_the_trained_models_logprobs(tc, tok):
+    from evsys_core.backends import local_sampler
+
+    step(tc, batch(tok), lr=5e-2)
+    sampler = tc.save_weights_and_get_sampling_client()
+    toks = tok.encode(PROMPTS[1])
+    n = local_sampler.PACK_AFTER_STEPS + 8
+    seq = sampler.sample(types.ModelInput.from_ints(toks), 1,
+                         types.SamplingParams(max_tokens=n, temperature=1.0, stop=[], seed=5)).result().sequences[0]
+    assert len(seq.tokens) == n
+    full = toks + seq.tokens
+    ref = logprobs_of(tc.forward([ce_datum(full)], "cross_entropy").result())[0][len(toks) - 1:]
+    assert np.allclose(seq.logprobs, ref, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------- weights and state
 
 
