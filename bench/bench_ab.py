@@ -11,8 +11,9 @@ On the B1 workload (8 capital prompts of bench/capitals.py, LoRA r8, 32 completi
   2. forward_backward in passes of at most TRAIN_TOKENS_PER_PASS padded tokens (local.py)
      against one pass over the whole batch: time (interleaved) and the process's peak RSS
      (each variant in a fresh process doing one load and one forward_backward).
-  3. OMP_WAIT_POLICY=PASSIVE (local.py sets it before importing torch) against OpenMP's
-     default spinning: the rollout, each repetition a fresh process per variant, alternating.
+  3. OMP_WAIT_POLICY=PASSIVE against OpenMP's default spinning (an experiment: evsys leaves
+     it unset): the rollout, each repetition a fresh process per variant, alternating. Under
+     contention passive waiting avoids a collapse; on a quiet machine it costs.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def datums(tok, n: int = 8, completion: int = 32):
 def omp_worker(threads: int) -> dict:
     """One rollout (8 prompts x 32 tokens) after a warm-up one, in this fresh process."""
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401  (sets OMP_WAIT_POLICY unless the parent did)
+    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`)
     import torch
     from tinker import types
 
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         return 0
 
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads)
+    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`)
     import torch
 
     common.set_threads(torch, threads)
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
                                 timeout=1800, env={"OMP_WAIT_POLICY": policy})
             omp[policy].append(r["seconds"])
         log(f"AB omp rep {rep}: active {omp['ACTIVE'][-1]:.2f} s, passive {omp['PASSIVE'][-1]:.2f} s")
-    res.append(("OMP_WAIT_POLICY=PASSIVE vs OpenMP's spinning (rollout, fresh processes, alternating)",
+    res.append(("experiment, not in evsys: OMP_WAIT_POLICY=PASSIVE vs OpenMP's spinning (rollout, fresh processes, alternating)",
                 omp["ACTIVE"], omp["PASSIVE"]))
     loads.append(common.load1())
 

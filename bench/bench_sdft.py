@@ -77,7 +77,7 @@ def step_flops(dims: dict, prompts: list[int], teacher_prompts: list[int], compl
 
 def worker_evsys(args) -> dict:
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`: it sets up OpenMP before torch)
+    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`)
     import numpy as np
     import torch
 

@@ -45,19 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-# OpenMP threads that wait at the end of each parallel op sleep instead of spinning. On a machine
-# whose cores other work shares, spinning threads steal the CPU the op is waiting for: a decode
-# step measured 2-40x slower with torch's default (bench/RESULTS.md, "Engine changes, A/B"). It
-# only takes effect if set before torch is first imported; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from tinker import types
 
-import torch  # noqa: E402
-from tinker import types  # noqa: E402
-
-from evsys_core.backends import local_sampler, losses  # noqa: E402
-from evsys_core.backends.local_sampler import SampleRequest  # noqa: E402
-from evsys_core.backends.models import ModelSource, cache_dir, load_model, resolve_local_model  # noqa: E402
-from evsys_core.errors import BackendError  # noqa: E402
+from evsys_core.backends import local_sampler, losses
+from evsys_core.backends.local_sampler import SampleRequest
+from evsys_core.backends.models import ModelSource, cache_dir, load_model, resolve_local_model
+from evsys_core.errors import BackendError
 
 LORA_ALPHA = 32
 ADAPTER_NAME = "default"
