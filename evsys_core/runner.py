@@ -51,26 +51,27 @@ class _Plan:
 
 def _plan(cfg: Any) -> _Plan:
     from evsys_core.data import FORMATS_FOR_ALGORITHM as DATA_FORMATS, load_dataset, load_tasks
-    from evsys_core.validate import deep_checks
+    from evsys_core.errors import DataError
+    from evsys_core.validate import deep_checks, relocate
 
-    dataset = load_dataset(cfg.data, cfg.workspace)
+    try:
+        dataset = load_dataset(cfg.data, cfg.workspace)
+    except DataError as e:  # a data.* field's problem is shown at that field's line
+        if not e.issues:
+            raise
+        _refuse(cfg, [relocate(cfg, i) for i in e.issues])
     kind = cfg.algorithm.kind
     if dataset.format not in DATA_FORMATS[kind]:
-        raise ConfigError(
-            f"{cfg.data.path}: algorithm.kind {kind!r} trains on {' or '.join(DATA_FORMATS[kind])} rows, "
-            f"but the data holds {dataset.format} rows; point data.path at matching data or add a data.transform"
-        )
+        _refuse(cfg, [cfg.issue("data.path", (
+            f"algorithm.kind {kind!r} trains on {' or '.join(DATA_FORMATS[kind])} rows, but "
+            f"{cfg.data.path} holds {dataset.format} rows; point data.path at matching data or add a data.transform"))])
     # what `evsys validate --deep` refuses, a run refuses before writing anything: templates,
     # benchmarks and verifiers, the model's files, the output directory
     found: list[Any] = []
     deep_checks(cfg, found.append, dataset=dataset)
     errors = [i for i in found if i.severity == "error"]
     if errors:
-        source = getattr(cfg, "_source", None) or cfg.source_path or "config"
-        n = len(errors)
-        raise ConfigError("\n".join([f"cannot run {source} ({n} problem{'s' if n != 1 else ''}; "
-                                      "`evsys validate --deep` shows the same):"]
-                                     + [f"  {i}" for i in errors]), errors)
+        _refuse(cfg, errors)
     benchmarks = [(spec, load_tasks(Path(spec.path))) for spec in cfg.metadata.benchmark]
     logger = next((c for c in cfg.callbacks if c.kind == "local_logger"), None)
     output_dir = Path(logger.params.output_dir) if logger else cfg.workspace / "outputs"
@@ -78,6 +79,14 @@ def _plan(cfg: Any) -> _Plan:
         Path(cfg.source_path).stem if getattr(cfg, "source_path", None) else "run")
     _check_writable(output_dir)
     return _Plan(cfg, dataset, benchmarks, output_dir, run_name)
+
+
+def _refuse(cfg: Any, errors: list[Any]) -> None:
+    source = getattr(cfg, "_source", None) or cfg.source_path or "config"
+    n = len(errors)
+    raise ConfigError("\n".join([f"cannot run {source} ({n} problem{'s' if n != 1 else ''}; "
+                                  "`evsys validate --deep` shows the same):"]
+                                 + [f"  {i}" for i in errors]), errors)
 
 
 def _check_writable(output_dir: Path) -> None:

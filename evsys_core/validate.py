@@ -85,7 +85,7 @@ def _raw(cfg: RunConfig, *path: str | int) -> Any:
     return node
 
 
-def _relocate(cfg: RunConfig, issue: Issue) -> Issue:
+def relocate(cfg: RunConfig, issue: Issue) -> Issue:
     """An issue about a config field (no file of its own) placed at that field in the config."""
     if issue.file is None and issue.field:
         return cfg.issue(issue.field, issue.message, issue.severity)
@@ -111,7 +111,7 @@ def _check_data(cfg: RunConfig, add: Add):
         return load_dataset(cfg.data, cfg.workspace)
     except DataError as e:
         for issue in e.issues or [Issue(field="data.path", message=str(e))]:
-            add(_relocate(cfg, issue))
+            add(relocate(cfg, issue))
         return None
 
 
@@ -170,7 +170,7 @@ def _check_benchmark(cfg: RunConfig, i: int, bench: Any, add: Add) -> None:
         tasks = load_tasks_with_lines(bench.path)
     except DataError as e:
         for issue in e.issues:
-            add(_relocate(cfg, issue))
+            add(relocate(cfg, issue))
         return
     _check_verifiers(tasks, bench.path, bench.path / "tasks.jsonl", add)
 
