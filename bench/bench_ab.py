@@ -145,8 +145,7 @@ def main(argv=None) -> int:
     comps = [f.result().sequences[0].tokens for f in [sampler.sample(types.ModelInput.from_ints(p), 1, roll)
                                                        for p in student]]
     score = types.SamplingParams(max_tokens=1, temperature=0.0)
-    shared = ls.shared_prefix([ls.SampleRequest(tokens=t, num_samples=1, params=score, prompt_logprobs=False,
-                                                topk=0, seed=0, id="") for t in teacher])
+    shared = ls.shared_prefix(teacher)
 
     def teacher_scoring():
         fs = [base.sample(types.ModelInput.from_ints(t + c), 1, score, include_prompt_logprobs=True,

@@ -72,18 +72,17 @@ def stop_rule(stop: Any, eos_ids: Sequence[int]) -> _Stops:
     return _Stops([int(s) for s in stop if not isinstance(s, str)], [s for s in stop if isinstance(s, str)])
 
 
-MIN_SHARED_PREFIX = 8  # tokens: below this, prefilling a shared prefix apart is not worth a call
+MIN_SHARED_PREFIX = 8  # tokens: below this, running a shared prefix apart is not worth a call
 
 
-def shared_prefix(reqs: Sequence[SampleRequest]) -> int:
-    """How many leading tokens every prompt of `reqs` shares, leaving each at least one of its own
-    (0 for a single request, or when the shared part is too short to be worth prefilling apart)."""
-    if len(reqs) < 2:
+def shared_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all `sequences` share, leaving each at least one of its own
+    (0 for a single sequence, or when the shared part is too short to be worth running apart)."""
+    if len(sequences) < 2:
         return 0
-    first = reqs[0].tokens
-    n = min(len(r.tokens) for r in reqs) - 1
-    for r in reqs[1:]:
-        t = r.tokens
+    first = sequences[0]
+    n = min(len(t) for t in sequences) - 1
+    for t in sequences[1:]:
         i = 0
         while i < n and t[i] == first[i]:
             i += 1
@@ -219,7 +218,7 @@ def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_i
     # positions' logits only if prompt scores are asked.
     need_all = any(r.prompt_logprobs or r.topk > 0 for r in reqs)
     kv = new_cache()
-    skip = shared_prefix(reqs)
+    skip = shared_prefix([r.tokens for r in reqs])
     head_logits = None
     if skip:
         head = torch.tensor([reqs[0].tokens[:skip]], dtype=torch.long, device=device)
