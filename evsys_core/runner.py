@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from evsys_core import rundir
 from evsys_core.errors import ConfigError, EvsysError, RunError
@@ -50,16 +50,13 @@ class _Plan:
 
 
 def _plan(cfg: Any) -> _Plan:
-    from evsys_core.data import FORMATS_FOR_ALGORITHM as DATA_FORMATS, load_dataset, load_tasks
-    from evsys_core.errors import DataError
-    from evsys_core.validate import deep_checks, relocate
+    from evsys_core.data import FORMATS_FOR_ALGORITHM as DATA_FORMATS, load_tasks
+    from evsys_core.validate import check_data, deep_checks
 
-    try:
-        dataset = load_dataset(cfg.data, cfg.workspace)
-    except DataError as e:  # a data.* field's problem is shown at that field's line
-        if not e.issues:
-            raise
-        _refuse(cfg, [relocate(cfg, i) for i in e.issues])
+    found: list[Any] = []
+    dataset = check_data(cfg, found.append)  # problems placed at their config line, as validate does
+    if dataset is None:
+        _refuse(cfg, [i for i in found if i.severity == "error"])
     kind = cfg.algorithm.kind
     if dataset.format not in DATA_FORMATS[kind]:
         _refuse(cfg, [cfg.issue("data.path", (
@@ -67,7 +64,6 @@ def _plan(cfg: Any) -> _Plan:
             f"{cfg.data.path} holds {dataset.format} rows; point data.path at matching data or add a data.transform"))])
     # what `evsys validate --deep` refuses, a run refuses before writing anything: templates,
     # benchmarks and verifiers, the model's files, the output directory
-    found: list[Any] = []
     deep_checks(cfg, found.append, dataset=dataset)
     errors = [i for i in found if i.severity == "error"]
     if errors:
@@ -81,7 +77,7 @@ def _plan(cfg: Any) -> _Plan:
     return _Plan(cfg, dataset, benchmarks, output_dir, run_name)
 
 
-def _refuse(cfg: Any, errors: list[Any]) -> None:
+def _refuse(cfg: Any, errors: list[Any]) -> NoReturn:
     source = getattr(cfg, "_source", None) or cfg.source_path or "config"
     n = len(errors)
     raise ConfigError("\n".join([f"cannot run {source} ({n} problem{'s' if n != 1 else ''}; "

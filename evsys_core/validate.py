@@ -63,7 +63,7 @@ def deep_checks(cfg: RunConfig, add: Add, dataset: Any = None) -> None:
 
     `dataset`: the training data when the caller has loaded it already (`evsys run` does)."""
     if dataset is None:
-        dataset = _check_data(cfg, add)
+        dataset = check_data(cfg, add)
     if dataset is not None:
         if _check_format_fit(cfg, dataset, add):
             _check_templates(cfg, dataset, add)
@@ -85,14 +85,15 @@ def _raw(cfg: RunConfig, *path: str | int) -> Any:
     return node
 
 
-def relocate(cfg: RunConfig, issue: Issue) -> Issue:
+def _relocate(cfg: RunConfig, issue: Issue) -> Issue:
     """An issue about a config field (no file of its own) placed at that field in the config."""
     if issue.file is None and issue.field:
         return cfg.issue(issue.field, issue.message, issue.severity)
     return issue
 
 
-def _check_data(cfg: RunConfig, add: Add):
+def check_data(cfg: RunConfig, add: Add):
+    """The training data, or None after passing its problems (at their config line) to `add`."""
     from evsys_core.data import display_path, load_dataset
 
     path = cfg.data.path
@@ -111,7 +112,7 @@ def _check_data(cfg: RunConfig, add: Add):
         return load_dataset(cfg.data, cfg.workspace)
     except DataError as e:
         for issue in e.issues or [Issue(field="data.path", message=str(e))]:
-            add(relocate(cfg, issue))
+            add(_relocate(cfg, issue))
         return None
 
 
@@ -170,7 +171,7 @@ def _check_benchmark(cfg: RunConfig, i: int, bench: Any, add: Add) -> None:
         tasks = load_tasks_with_lines(bench.path)
     except DataError as e:
         for issue in e.issues:
-            add(relocate(cfg, issue))
+            add(_relocate(cfg, issue))
         return
     _check_verifiers(tasks, bench.path, bench.path / "tasks.jsonl", add)
 
