@@ -5,6 +5,7 @@
     print(result.status, result.metrics, result.run_dir)
 
 Heavy dependencies (torch, transformers, tinker) load only when a run starts.
+`evsys_core.LocalServiceClient` is Tinker's ServiceClient served locally (docs/tinker-local.md).
 """
 
 from __future__ import annotations
@@ -22,3 +23,13 @@ def run(config: Any, overrides: Sequence[str] = (), **kwargs: Any) -> "RunResult
     from evsys_core.runner import run as _run
 
     return _run(config, overrides, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """`evsys_core.LocalServiceClient`: Tinker's ServiceClient on the local engine (imported on
+    first use, so that `import evsys_core` stays light)."""
+    if name == "LocalServiceClient":
+        from evsys_core.backends.service import LocalServiceClient
+
+        return LocalServiceClient
+    raise AttributeError(f"module 'evsys_core' has no attribute {name!r}")

@@ -214,7 +214,7 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
             tc = service.create_lora_training_client(base_model=cfg.model.name, rank=cfg.algorithm.params.lora_rank,
                                                      seed=cfg.seed)
             if start_step:
-                tc.load_state(_latest_checkpoint(run_dir)).result()
+                tc.load_state_with_optimizer(_latest_checkpoint(run_dir)).result()
             ctx = TrainContext(params=cfg.algorithm.params, training_client=tc, rows=plan.dataset.rows,
                                seed=cfg.seed, start_step=start_step, task_dir=Path(cfg.data.path).parent,
                                should_stop=lambda: stop.requested)

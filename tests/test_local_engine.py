@@ -367,7 +367,7 @@ def test_save_and_load_state_round_trip_exactly(service, tiny_model_dir, tok, tm
     for _ in range(2):
         step(tc, data, lr=1e-1)  # wander off
 
-    tc.load_state(path).result()
+    tc.load_state_with_optimizer(path).result()
     assert all(np.array_equal(a, b) for a, b in zip(logprobs_of(tc.forward(data, "cross_entropy").result()), at_save))
     restored = tc._optimizer.state_dict()["state"][0]
     assert all(torch.equal(restored[k], v) for k, v in opt_at_save.items())

@@ -4,8 +4,10 @@
     tc = service.create_lora_training_client(base_model="SmolLM2-135M-Instruct", rank=8)
     sampler = service.create_sampling_client(base_model="SmolLM2-135M-Instruct")
 
-Both services hand out clients with the same methods and `tinker.types` data (see
-docs/internals.md). Heavy imports (torch, transformers, tinker) happen only here, on demand.
+The local service is `LocalServiceClient` (service.py), Tinker's ServiceClient surface in full;
+the tinker one wraps Tinker's own SDK. Both hand out clients with the same methods and
+`tinker.types` data (see docs/internals.md). Heavy imports (torch, transformers, tinker) happen
+only in the modules named there, on demand.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ BACKEND_KINDS = ("local", "tinker")
 
 
 def get_service(kind: str, *, device: str = "auto", seed: int = 0) -> Any:
-    """A LocalService or a TinkerService; `device` applies to the local backend only."""
+    """A LocalServiceClient or a TinkerService; `device` applies to the local backend only."""
     if kind == "local":
-        from evsys_core.backends.local import LocalService
+        from evsys_core.backends.service import LocalServiceClient
 
-        return LocalService(device=device, seed=seed)
+        return LocalServiceClient(device=device, seed=seed)
     if kind == "tinker":
         from evsys_core.backends.tinker_backend import TinkerService
 

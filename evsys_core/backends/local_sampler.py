@@ -7,8 +7,10 @@
   prompt) is prefilled once for the whole batch and its KV cache replicated to every row; each
   row's own part follows, left-padded after it (padding in the middle is masked out, and
   positions are each token's own);
-- prompt logprobs and top-K prompt logprobs come from that same prefill;
-- every row then decodes with its own temperature / top_k / top_p / stop / max_tokens;
+- prompt logprobs and top-K prompt logprobs come from that same prefill (all of the prompt,
+  or its last N tokens);
+- every row then decodes with its own temperature / top_k / top_p / stop / max_tokens (and,
+  only when a request asks for them, the top-K logprobs at each sampled position);
 - a decode still going after PACK_AFTER_STEPS steps switches to packed oneDNN weights with
   the adapter merged in (packed.py: ~2x faster decode steps on a CPU, for one transient copy
   of the weights); short decodes never pay for the packing.
@@ -51,6 +53,8 @@ class SampleRequest:
     topk: int
     seed: int
     id: str
+    topk_sample: int = 0                # top-K logprobs at every sampled position
+    last_n: int | None = None           # score only the last N prompt tokens
     response: types.SampleResponse | None = None
     error: BaseException | None = None
     done: bool = field(default=False)
@@ -105,19 +109,20 @@ def _prefill_batch(reqs: Sequence[SampleRequest], pad_id: int, device: Any, skip
 def _prompt_scores(logits: torch.Tensor, req: SampleRequest):
     """(prompt logprobs with NaN at 0, TopkLogprobs or None) from one row's prefill logits."""
     n = len(req.tokens)
-    lp = torch.log_softmax(logits[logits.shape[0] - n : -1].float(), dim=-1)  # predicts tokens 1..n-1
+    first = 1 if req.last_n is None else n - req.last_n  # the first prompt position scored
+    lp = torch.log_softmax(logits[logits.shape[0] - n + first - 1 : -1].float(), dim=-1)
     prompt_lp = None
     if req.prompt_logprobs:
-        targets = torch.tensor(req.tokens[1:], device=lp.device)[:, None]
+        targets = torch.tensor(req.tokens[first:], device=lp.device)[:, None]
         prompt_lp = np.full(n, np.nan, dtype=np.float32)
-        prompt_lp[1:] = lp.gather(-1, targets).squeeze(-1).cpu().numpy()
+        prompt_lp[first:] = lp.gather(-1, targets).squeeze(-1).cpu().numpy()
     topk = None
     if req.topk > 0:
         k = min(req.topk, lp.shape[-1])
         vals, idx = lp.topk(k, dim=-1)
         ids = np.zeros((n, k), dtype=np.int32)
         lps = np.full((n, k), MASK_LOGPROB, dtype=np.float32)
-        ids[1:], lps[1:] = idx.cpu().numpy(), vals.cpu().numpy()
+        ids[first:], lps[first:] = idx.cpu().numpy(), vals.cpu().numpy()
         topk = TopkLogprobs(token_ids=ids, logprobs=lps)
     return prompt_lp, topk
 
@@ -192,14 +197,17 @@ class _Outputs:
         self.rows, self.tokenizer = rows, tokenizer
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.logprobs: list[list[float]] = [[] for _ in range(n)]
+        self.topk: list[list[tuple[Any, Any]]] = [[] for _ in range(n)]  # (ids, logprobs) per token
         self.reason = ["length"] * n
         self.live = [True] * n
 
-    def add(self, row: int, token: int, logprob: float, is_stop_id: bool) -> None:
+    def add(self, row: int, token: int, logprob: float, is_stop_id: bool, topk: Any = None) -> None:
         if not self.live[row]:
             return
         self.tokens[row].append(token)
         self.logprobs[row].append(logprob)
+        if topk is not None:
+            self.topk[row].append(topk)
         strings = self.rows.rules[self.rows.req_of_row[row]].strings
         if is_stop_id or (strings and _hit_string(self.tokenizer, self.tokens[row], strings)):
             self.live[row], self.reason[row] = False, "stop"
@@ -250,6 +258,8 @@ def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_i
     gens = [torch.Generator(device=device).manual_seed(r.seed) for r in reqs]
     outputs = _Outputs(rows, tokenizer)
     active = list(range(len(rows.req_of_row)))  # rows still in the batch, in batch order
+    topk_of_row = [reqs[i].topk_sample for i in rows.req_of_row]
+    max_topk = min(max(topk_of_row), logits.shape[-1])
 
     with contextlib.ExitStack() as packed:
         for step in range(max(rows.max_tokens)):
@@ -259,8 +269,10 @@ def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_i
             chosen = _choose(logits, rows, act, _gumbel(reqs, gens, rows, active, logits.shape[-1], device))
             chosen_lp = logits.gather(-1, chosen[:, None]).squeeze(-1) - logits.logsumexp(-1)
             is_stop = (rows.stop_ids[act] == chosen[:, None]).any(-1)
-            for row, token, lp, stop in zip(active, chosen.tolist(), chosen_lp.tolist(), is_stop.tolist()):
-                outputs.add(row, token, lp, stop)
+            top = _topk_rows(logits, max_topk, [topk_of_row[r] for r in active]) if max_topk else None
+            for pos, (row, token, lp, stop) in enumerate(
+                    zip(active, chosen.tolist(), chosen_lp.tolist(), is_stop.tolist())):
+                outputs.add(row, token, lp, stop, top[pos] if top else None)
             keep = [pos for pos, row in enumerate(active) if outputs.live[row]]
             if not keep:
                 break
@@ -277,15 +289,29 @@ def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_i
     return _responses(reqs, scores, outputs)
 
 
+def _topk_rows(logits: torch.Tensor, k: int, ks: list[int]) -> list[Any]:
+    """(ids, logprobs) of each row's top-`ks[row]` tokens at this step (None where 0)."""
+    vals, idx = (logits - logits.logsumexp(-1, keepdim=True)).topk(k, dim=-1)
+    vals, idx = vals.cpu().numpy(), idx.cpu().numpy()
+    return [(idx[i, :n], vals[i, :n]) if n else None for i, n in enumerate(ks)]
+
+
 def _responses(reqs: Sequence[SampleRequest], scores: list, outputs: _Outputs) -> list[types.SampleResponse]:
     responses, row = [], 0
     for r, (prompt_lp, topk) in zip(reqs, scores):
         seqs = []
         for j in range(r.num_samples):
+            sample_topk = None
+            if r.topk_sample:
+                k = min(r.topk_sample, max([len(t[0]) for t in outputs.topk[row]] + [0]))
+                n = len(outputs.tokens[row])
+                sample_topk = TopkLogprobs(
+                    token_ids=np.array([t[0] for t in outputs.topk[row]], dtype=np.int32).reshape(n, k),
+                    logprobs=np.array([t[1] for t in outputs.topk[row]], dtype=np.float32).reshape(n, k))
             seqs.append(types.SampledSequence(
                 stop_reason=outputs.reason[row], sequence_id=f"{r.id}-{j}",
                 tokens_np=np.asarray(outputs.tokens[row], dtype=np.int32),
-                logprobs_np=np.asarray(outputs.logprobs[row], dtype=np.float32)))
+                logprobs_np=np.asarray(outputs.logprobs[row], dtype=np.float32), topk_logprobs_np=sample_topk))
             row += 1
         responses.append(types.SampleResponse(sequences=seqs, prompt_logprobs_np=prompt_lp,
                                               topk_prompt_logprobs_np=topk))

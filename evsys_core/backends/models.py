@@ -59,7 +59,10 @@ def default_gguf_path() -> Path | None:
     return None
 
 
-def _hf_hub_cache() -> Path:
+MATERIALISED_MARKER = ".evsys-materialised"  # in a hub-cache repo dir evsys wrote (hf_cache.py)
+
+
+def hf_hub_cache() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     if os.environ.get("HF_HOME"):
@@ -69,9 +72,11 @@ def _hf_hub_cache() -> Path:
 
 def _hf_cached_snapshot(repo_id: str) -> tuple[Path | None, Path]:
     """(snapshot dir holding config.json, or None; the repo dir looked in) for a hub id."""
-    repo_dir = _hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    repo_dir = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo_dir / "snapshots"
     ref = repo_dir / "refs" / "main"
+    if (repo_dir / MATERIALISED_MARKER).is_file():  # tokenizer files only: the model is elsewhere
+        return None, repo_dir
     if ref.is_file():
         snap = snapshots / ref.read_text().strip()
         if (snap / "config.json").is_file():
@@ -130,6 +135,22 @@ def resolve_local_model(name: str, workspace: Path | None = None) -> ModelSource
     raise ModelNotFoundError(
         f"model {name!r} not found locally; tried: " + "; ".join(tried) + f". To fix: {hint}."
     )
+
+
+def available_models() -> list[str]:
+    """Names of the models this machine holds: the default model (by its short name and its
+    hub id) when installed, then every model in the Hugging Face cache with weights."""
+    names = [DEFAULT_MODEL, DEFAULT_HUB_ID] if default_gguf_path() is not None else []
+    try:
+        repos = sorted(hf_hub_cache().glob("models--*"))
+    except OSError:
+        repos = []
+    for repo_dir in repos:
+        hub_id = repo_dir.name[len("models--"):].replace("--", "/", 1)
+        snap, _ = _hf_cached_snapshot(hub_id)
+        if snap is not None and any(snap.glob("*.safetensors")) and hub_id not in names:
+            names.append(hub_id)
+    return names
 
 
 # ---------------------------------------------------------------- loading (heavy imports inside)

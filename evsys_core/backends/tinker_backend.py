@@ -7,8 +7,8 @@ The SDK already speaks the surface; this module adds what a run needs around it:
 - futures whose `.result()` turns SDK exceptions into the same one-line errors;
 - `save_state(path)` takes the last path component as the Tinker checkpoint name (the
   local backend takes a directory) and returns the tinker:// path to resume from;
-- `load_state(path)` restores weights and optimizer by re-creating the training client from
-  the checkpoint (the SDK's `load_state` is deprecated);
+- `load_state(path)` (weights) and `load_state_with_optimizer(path)` (weights and optimizer)
+  re-create the training client from the checkpoint (the SDK's `load_state` is deprecated);
 - `base_sampling_client()` = `create_sampling_client(base_model=...)`.
 Configuration: TINKER_API_KEY (required) and TINKER_BASE_URL (optional).
 """
@@ -189,13 +189,19 @@ class TinkerTrainingClient:
         return self._wrap(lambda: self._tc.save_state(PurePosixPath(name).name, **kw))
 
     def load_state(self, path: str) -> _Future:
+        """Continue from a tinker:// checkpoint's weights, with a fresh optimizer (Tinker's)."""
+        return self._reload(path, "create_training_client_from_state")
+
+    def load_state_with_optimizer(self, path: str) -> _Future:
         """Continue from a tinker:// checkpoint, weights and optimizer state both."""
+        return self._reload(path, "create_training_client_from_state_with_optimizer")
+
+    def _reload(self, path: str, method: str) -> _Future:
         if not path.startswith("tinker://"):
             raise BackendError(f"{path} is not a Tinker checkpoint (tinker://...); a local state "
                                "directory loads with backend.kind: local")
         sdk = self._service._client()
-        self._tc = _call(lambda: sdk.create_training_client_from_state_with_optimizer(path).result(),
-                         self._service.base_url)
+        self._tc = _call(lambda: getattr(sdk, method)(path).result(), self._service.base_url)
         return _Future(_Ready(types.LoadWeightsResponse(path=path)), self._service.base_url)
 
     def save_weights_and_get_sampling_client(self, name: str | None = None) -> "TinkerSamplingClient":
