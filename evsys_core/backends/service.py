@@ -35,6 +35,13 @@ from evsys_core.backends.trainer import LocalTrainingClient
 from evsys_core.errors import BackendError
 
 CHECKPOINT_DIR_ENV = "EVSYS_CHECKPOINT_DIR"
+# The Tinker SDK's client methods with no local counterpart (docs/tinker-local.md); the probe
+# in tests/test_tinker_local.py fails on any other SDK method the local clients lack.
+REMOTE_ONLY = {
+    "ServiceClient": {"create_rest_client": "the REST API over Tinker's stored runs; raises RemoteOnlyError"},
+    "SamplingClient": {"create": "builds a client from a remote session holder",
+                       "from_sampler_handle": "reaches a sampler of another process through the service"},
+}
 # Where a checkpoint saved by name lands under the checkpoint directory, one folder per kind
 # (Tinker's paths are .../weights/<name> and .../sampler_weights/<name>).
 KIND_DIRS = {"state": "weights", "sampler": "sampler_weights", "external": "external_weights"}

@@ -103,7 +103,7 @@ class LocalTrainingClient(Ready):
         data = list(data)
         plain = [types.Datum(model_input=d.model_input, loss_fn_inputs={
             "target_tokens": d.loss_fn_inputs["target_tokens"],
-            "weights": types.TensorData.from_torch(torch.zeros(len(d.model_input.to_ints())))})
+            "weights": types.TensorData.from_torch(torch.zeros(d.loss_fn_inputs["target_tokens"].to_torch().shape))})
             for d in data]
         forward = self._run(plain, "cross_entropy", None, backward=False)
         lps = [out["logprobs"].to_torch().clone().requires_grad_(True) for out in forward.loss_fn_outputs]
