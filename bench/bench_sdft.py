@@ -77,7 +77,7 @@ def step_flops(dims: dict, prompts: list[int], teacher_prompts: list[int], compl
 
 def worker_evsys(args) -> dict:
     sys.path.insert(0, str(common.ROOT))
-    import evsys_core.backends.local  # noqa: F401  (first, as in `evsys run`)
+    import evsys_core.backends.service  # noqa: F401  (first, as in `evsys run`)
     import numpy as np
     import torch
 
@@ -107,7 +107,7 @@ def worker_evsys(args) -> dict:
         state["t"] = time.perf_counter()
 
     # Where each step's time goes: the student's rollout, the teacher's scoring, the training.
-    import evsys_core.backends.local as local
+    from evsys_core.backends import sampling, trainer
 
     phase = {"rollout": 0.0, "teacher": 0.0, "train": 0.0}
 
@@ -122,10 +122,10 @@ def worker_evsys(args) -> dict:
                 phase[key_of(self)] += time.perf_counter() - t
         setattr(cls, name, wrapper)
 
-    timed_method(local.LocalSamplingClient, "_flush",
+    timed_method(sampling.LocalSamplingClient, "_flush",
                  lambda self: "teacher" if self._weights.tensors is None else "rollout")
-    timed_method(local.LocalTrainingClient, "_run", lambda self: "train")
-    timed_method(local.LocalTrainingClient, "optim_step", lambda self: "train")
+    timed_method(trainer.LocalTrainingClient, "_run", lambda self: "train")
+    timed_method(trainer.LocalTrainingClient, "optim_step", lambda self: "train")
 
     def on_end_phases(step: int, metrics: dict) -> None:
         on_end(step, metrics)
