@@ -349,6 +349,9 @@ def _default_callbacks() -> list[CallbackSpec]:
 
 # ---- the whole config ---------------------------------------------------------------------
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes -2**63 .. 2**64 - 1; a signed 64-bit int fits everywhere
+
+
 class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -357,6 +360,15 @@ class RunConfig(_Section):
     metadata: Metadata = Field(default_factory=Metadata)
     callbacks: list[CallbackSpec] = Field(default_factory=_default_callbacks)
     seed: int = 0
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v <= MAX_SEED:
+            raise PydanticCustomError("invalid", f"must be between 0 and 2**63 - 1 ({MAX_SEED}), got "
+                                      f"{v}: the run seeds torch's random generator with it, which "
+                                      "takes at most a 64-bit integer (and Tinker's API a signed one)")
+        return v
 
     _source_path: Path | None = PrivateAttr(None)
     _source: str | None = PrivateAttr(None)

@@ -18,21 +18,17 @@ Bad rows raise DataError naming the file and line: the first 5 bad lines and a t
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import hashlib
-import importlib
-import importlib.util
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from evsys_core import usercode
 from evsys_core.config import DataConfig, Issue, dotted
 from evsys_core.errors import DataError
 
@@ -160,10 +156,15 @@ def _qualname(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def resolve_transform(spec: str, search_dirs: list[Path] = ()) -> Callable[[dict[str, Any]], Any]:
+def transform_homes(data: DataConfig, workspace: Path, config_dir: Path | None = None) -> list[Path]:
+    """Where a `module:function` transform's file may live: the config's folder, the workspace."""
+    return [d for d in (config_dir or data.config_dir, Path(workspace)) if d is not None]
+
+
+def resolve_transform(spec: str, search_dirs: Sequence[Path] = ()) -> Callable[[dict[str, Any]], Any]:
     """The function for `data.transform`: a registered name, or `module:function` where the
-    module is a file in one of `search_dirs` (the config's directory, the workspace) or an
-    installed module. Raises DataError (field data.transform) if it cannot be found."""
+    module is a .py file in one of `search_dirs` (the config's directory, the workspace); see
+    evsys_core.usercode. Raises DataError (field data.transform) if it cannot be used."""
     def fail(message: str) -> DataError:
         issue = Issue(field="data.transform", message=message)
         return DataError(f"data.transform: {message}", [issue])
@@ -174,70 +175,10 @@ def resolve_transform(spec: str, search_dirs: list[Path] = ()) -> Callable[[dict
         known = ", ".join(sorted(TRANSFORMS)) or "none"
         raise fail(f"no transform is registered as {spec!r} (registered: {known}); write "
                    "module:function to load it from a module next to the config")
-    module_name, _, fn_name = spec.partition(":")
-    module = _import_user_module(module_name, list(search_dirs), fail)
-    fn = getattr(module, fn_name, None) or TRANSFORMS.get(fn_name)
-    if not callable(fn):
-        raise fail(f"module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
-                   f"function {fn_name!r}")
-    return fn
-
-
-@contextlib.contextmanager
-def no_bytecode() -> Iterator[None]:
-    """Import user modules (transforms, python verifiers) without writing __pycache__ next to
-    them: checking a config or a benchmark leaves the user's folders as they were."""
-    old = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
     try:
-        yield
-    finally:
-        sys.dont_write_bytecode = old
-
-
-def _import_user_module(name: str, search_dirs: list[Path], fail: Callable[[str], Exception]) -> Any:
-    with no_bytecode():
-        return _import_user_module_inner(name, search_dirs, fail)
-
-
-def _import_user_module_inner(name: str, search_dirs: list[Path], fail: Callable[[str], Exception]) -> Any:
-    rel = Path(*name.split("."))
-    file = next((d / rel.with_suffix(".py") for d in search_dirs
-                 if (d / rel.with_suffix(".py")).is_file()), None)
-    added = [str(d) for d in search_dirs if str(d) not in sys.path]
-    sys.path[:0] = added  # siblings of the module import while it loads
-    try:
-        if file is None:
-            return importlib.import_module(name)
-        loaded = sys.modules.get(name)
-        if loaded is not None and Path(getattr(loaded, "__file__", "") or "") == file:
-            return loaded
-        # a name already taken (say a user's json.py) is loaded under a private name instead
-        key = name if loaded is None else \
-            f"_evsys_transform_{hashlib.sha1(str(file).encode()).hexdigest()[:12]}"
-        spec = importlib.util.spec_from_file_location(key, file)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[key] = module
-        try:
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except BaseException:
-            sys.modules.pop(key, None)
-            raise
-        return module
-    except ModuleNotFoundError as e:
-        if e.name == name or name.startswith(f"{e.name}."):
-            looked = ", ".join(str(d) for d in search_dirs) or "the import path"
-            raise fail(f"module {name!r} not found (looked for {rel}.py in {looked} and in "
-                       "installed packages)") from None
-        raise fail(f"importing {name!r} failed: {e}") from None
-    except DataError:
-        raise
-    except Exception as e:
-        raise fail(f"importing {name!r} raised {type(e).__name__}: {e}") from None
-    finally:
-        for d in added:
-            if d in sys.path:
-                sys.path.remove(d)
+        return usercode.load(spec, list(search_dirs), registry=TRANSFORMS)
+    except usercode.UserCodeError as e:
+        raise fail(str(e)) from None
 
 
 # ---- reading sources ----------------------------------------------------------------------
@@ -435,11 +376,9 @@ def load_dataset(data: DataConfig, workspace: Path | None = None, *,
         message = (f"data file {shown} does not exist (data.path is relative to the "
                    f"workspace {ws}); fix data.path or create the file")
         raise DataError(message, [Issue(field="data.path", message=message)])
-    config_dir = config_dir or data.config_dir
     transform = None
     if data.transform:
-        dirs = [d for d in (config_dir, ws) if d is not None]
-        transform = resolve_transform(data.transform, dirs)
+        transform = resolve_transform(data.transform, transform_homes(data, ws, config_dir))
     problems = _Problems(shown)
     raw_rows = _read_source(path, data.source_kind or "jsonl", problems)
     if transform is not None:

@@ -1,4 +1,6 @@
-"""Turning text turns into tokens and back, through the tokenizer's own chat template.
+"""Turning text turns into tokens and back, through the tokenizer's own chat template; and
+filling the prompt templates (`user_template`, `demo_template`) from a row, for the run and
+for `evsys validate --deep` alike.
 
 One place, used by every algorithm and by benchmark scoring, so that the student's prompt,
 the teacher's prompt and a benchmark prompt are built the same way.
@@ -7,6 +9,17 @@ the teacher's prompt and a benchmark prompt are built the same way.
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+
+def user_text(params: Any, inputs: dict[str, Any]) -> str:
+    """A prompt row's user turn: `user_template` filled from the row's `inputs`."""
+    return params.user_template.format(**inputs)
+
+
+def demo_text(params: Any, inputs: dict[str, Any], expected: str) -> str:
+    """sdft's teacher turn: `demo_template` filled with the student's prompt and the gold
+    answer (its only placeholders, so no `inputs` key can collide with them)."""
+    return params.demo_template.format(prompt=user_text(params, inputs), expected=expected)
 
 
 def chat_messages(user: str, system_prompt: str | None = None) -> list[dict[str, str]]:

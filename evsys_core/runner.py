@@ -50,20 +50,15 @@ class _Plan:
 
 
 def _plan(cfg: Any) -> _Plan:
-    from evsys_core.data import FORMATS_FOR_ALGORITHM as DATA_FORMATS, load_tasks
+    from evsys_core.data import load_tasks
     from evsys_core.validate import check_data, deep_checks
 
     found: list[Any] = []
     dataset = check_data(cfg, found.append)  # problems placed at their config line, as validate does
     if dataset is None:
         _refuse(cfg, [i for i in found if i.severity == "error"])
-    kind = cfg.algorithm.kind
-    if dataset.format not in DATA_FORMATS[kind]:
-        _refuse(cfg, [cfg.issue("data.path", (
-            f"algorithm.kind {kind!r} trains on {' or '.join(DATA_FORMATS[kind])} rows, but "
-            f"{cfg.data.path} holds {dataset.format} rows; point data.path at matching data or add a data.transform"))])
-    # what `evsys validate --deep` refuses, a run refuses before writing anything: templates,
-    # benchmarks and verifiers, the model's files, the output directory
+    # what `evsys validate --deep` refuses, a run refuses before writing anything: the
+    # algorithm/data fit, templates, benchmarks and verifiers, the model's files, the output dir
     deep_checks(cfg, found.append, dataset=dataset)
     errors = [i for i in found if i.severity == "error"]
     if errors:

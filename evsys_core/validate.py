@@ -55,6 +55,8 @@ def validate(path: str | Path, deep: bool = False, workspace: Path | None = None
         return report
     if deep:
         deep_checks(cfg, report.add)
+    else:
+        check_code(cfg, report.add)
     return report
 
 
@@ -92,10 +94,30 @@ def _relocate(cfg: RunConfig, issue: Issue) -> Issue:
     return issue
 
 
+def check_code(cfg: RunConfig, add: Add) -> bool:
+    """A `module:function` data.transform names a .py file in the config's folder or the
+    workspace that defines it; checked by parsing the file, never by importing it."""
+    spec = cfg.data.transform
+    if not spec or ":" not in spec:
+        return True
+    from evsys_core import usercode
+    from evsys_core.data import transform_homes
+
+    try:
+        file, name = usercode.locate(spec, transform_homes(cfg.data, cfg.workspace))
+        usercode.check_defines(file, name, registrar="register_transform")
+    except usercode.UserCodeError as e:
+        add(cfg.issue("data.transform", str(e)))
+        return False
+    return True
+
+
 def check_data(cfg: RunConfig, add: Add):
     """The training data, or None after passing its problems (at their config line) to `add`."""
     from evsys_core.data import display_path, load_dataset
 
+    if not check_code(cfg, add):
+        return None
     path = cfg.data.path
     if not path.exists():
         raw = _raw(cfg, "data", "path")
@@ -132,19 +154,34 @@ def _check_format_fit(cfg: RunConfig, dataset: Any, add: Add) -> bool:
 
 
 def _check_templates(cfg: RunConfig, dataset: Any, add: Add) -> None:
+    """Render every template against every row exactly as the run will (render.py)."""
+    from evsys_core import render
     from evsys_core.data import display_path
 
     if dataset.format != "prompt":
         return
-    template = cfg.algorithm.params.user_template
+    params = cfg.algorithm.params
+    template = params.user_template
     fields = template_fields(template)
     if not fields:
         add(cfg.issue("algorithm.params.user_template", f"{template!r} has no {{placeholder}}, "
                       "so every row gets the same prompt; use e.g. \"{question}\"", "warning"))
-        return
     file = display_path(dataset.path)
-    bad = [(line, row, missing) for line, row in zip(dataset.lines, dataset.rows)
-           if (missing := [f for f in fields if f not in row.inputs])]
+    renders = [("user_template", lambda row: render.user_text(params, row.inputs))]
+    if hasattr(params, "demo_template"):
+        renders.append(("demo_template", lambda row: render.demo_text(params, row.inputs, row.expected)))
+    bad, failed = [], {}
+    for line, row in zip(dataset.lines, dataset.rows):
+        missing = [f for f in fields if f not in row.inputs]
+        if missing:
+            bad.append((line, row, missing))
+            continue
+        for name, fill in renders:
+            try:
+                fill(row)
+            except Exception as e:  # noqa: BLE001 - what str.format raises is the run's crash
+                failed.setdefault(name, []).append((line, f"{type(e).__name__}: {e}"))
+                break
     for line, row, missing in bad[:MAX_ROW_ISSUES]:
         have = ", ".join(sorted(row.inputs)) or "none"
         add(Issue(file=file, line=line, field="inputs",
@@ -154,6 +191,13 @@ def _check_templates(cfg: RunConfig, dataset: Any, add: Add) -> None:
     if len(bad) > MAX_ROW_ISSUES:
         add(Issue(file=file, field="inputs", message=f"{len(bad) - MAX_ROW_ISSUES} more rows lack "
                   f"a user_template placeholder ({len(bad)} in total)"))
+    for name, rows in failed.items():
+        (line, error), n = rows[0], len(rows)
+        others = f" (and {n - 1} more row{'s' if n > 2 else ''})" if n > 1 else ""
+        add(cfg.issue(f"algorithm.params.{name}", f"{getattr(params, name)!r} cannot be filled "
+                      f"from {file}:{line}{others}: {error}; the run would fail there. Fix the "
+                      "template (a format spec such as {x:d} needs a value of that type; write "
+                      "a literal brace as {{ or }}) or the rows"))
 
 
 # ---- benchmarks ---------------------------------------------------------------------------
@@ -246,6 +290,14 @@ def _check_output(cfg: RunConfig, add: Add) -> None:
     if not params.run_name:
         return
     run_dir = out / params.run_name
+    unseen = index_would_skip(cfg.workspace, run_dir)
+    if unseen:
+        last = unseen[0] == run_dir
+        add(cfg.issue(f"callbacks.{index}.params.{'run_name' if last else 'output_dir'}",
+                      f"the run directory {display_path(run_dir)} would never be indexed: {unseen[1]}; "
+                      "evsys runs, the MCP server and its --max-concurrent-runs would not see the "
+                      "run. Choose another " + ("run_name" if last else "output_dir (e.g. outputs)")))
+        return
     if not run_dir.exists():
         return
     n = 2
@@ -264,6 +316,30 @@ def _check_output(cfg: RunConfig, add: Add) -> None:
         what = f"{display_path(run_dir)} already exists"
     add(cfg.issue(f"callbacks.{index}.params.run_name", f"{what}; this run will get a new "
                   f"directory, {new} (set another run_name to choose the name)", "warning"))
+
+
+def index_would_skip(workspace: Path, run_dir: Path) -> tuple[Path, str] | None:
+    """(the folder, why) when the history index's walk (history/discover.py) would not find a
+    run in `run_dir` under `workspace`; None when it would, or when `run_dir` is outside it."""
+    from evsys_core.data import display_path
+    from evsys_core.history.discover import RUN_MARKERS, SKIP_NAMES, skip_dir
+
+    try:
+        rel = Path(os.path.normpath(run_dir)).relative_to(workspace)
+    except ValueError:
+        return None  # another workspace's runs; that workspace's index finds it
+    node = Path(workspace)
+    for part in rel.parts:
+        node = node / part
+        if skip_dir(part):
+            return node, (f"the index never looks into a folder named {part!r} (hidden folders and "
+                          f"{', '.join(sorted(SKIP_NAMES))} are skipped)")
+        if node.is_symlink():
+            return node, f"{display_path(node)} is a symbolic link, which the index does not follow"
+        if node != run_dir and any((node / m).is_file() for m in RUN_MARKERS):
+            return node, (f"{display_path(node)} is itself a run directory, and the index does not "
+                          "look for runs inside one")
+    return None
 
 
 # ---- command line -------------------------------------------------------------------------

@@ -130,8 +130,12 @@ def test_resume_refuses_a_directory_without_checkpoint(tmp_path):
 def test_bad_input_fails_before_any_file_is_written(tmp_path, tiny_model_dir):
     ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
     (ws / "data" / "train.jsonl").write_text('{"inputs": {"question": "q"}, "expected": "a"}\n')
-    with pytest.raises(ConfigError, match="algorithm.kind .sft. trains on chat or prompt_completion rows"):
+    with pytest.raises(ConfigError) as e:
         run(ws)
+    # the algorithm/data fit has one home (validate's): the same field and line as `evsys validate --deep`
+    [issue] = e.value.issues
+    assert issue.field == "algorithm.kind" and issue.line is not None
+    assert "sft trains on" in issue.message and "use kind sdft for this data" in issue.message
     assert not (ws / "outputs").exists()
 
 

@@ -420,4 +420,6 @@ def test_module_cache_reloads_edited_file(tmp_path):
     path.write_text("def f(a, e):\n    return 1.0\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert verify(s, "x", tmp_path).score == 1.0
-    assert V._MODULE_CACHE  # loaded modules are cached by (path, mtime)
+    from evsys_core import usercode
+
+    assert len([k for k in usercode._LOADED if k[0] == str(path.resolve())]) == 2  # one per (path, mtime)

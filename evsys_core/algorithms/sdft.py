@@ -25,14 +25,12 @@ from evsys_core.algorithms.context import TrainContext
 
 
 def student_prompt(tokenizer: Any, params: Any, example: Any) -> list[int]:
-    text = params.user_template.format(**example.inputs)
-    return render.user_prompt_tokens(tokenizer, text, params.system_prompt)
+    return render.user_prompt_tokens(tokenizer, render.user_text(params, example.inputs), params.system_prompt)
 
 
 def teacher_prompt(tokenizer: Any, params: Any, example: Any) -> list[int]:
     """The student's question with the gold answer shown as an in-context demonstration."""
-    prompt = params.user_template.format(**example.inputs)
-    text = params.demo_template.format(prompt=prompt, expected=example.expected, **example.inputs)
+    text = render.demo_text(params, example.inputs, example.expected)
     return render.user_prompt_tokens(tokenizer, text, params.system_prompt)
 
 

@@ -6,7 +6,8 @@ A task's `verifier` (`evsys_core.data.VerifierSpec`) is one of three kinds:
   `fn(answer, expected)`. Built-ins: `exact`, `contains`, `one_of`, `regex`, `numeric`;
   `@register_verifier("name")` adds more.
 - `python`: `fn: "module:function"`; the module is a `.py` file next to `tasks.jsonl`
-  (`graders.py`, or `pkg/mod.py` for `pkg.mod`), else an importable module. Called the same way.
+  (`graders.py`, or `pkg/mod.py` for `pkg.mod`) and nothing else: installed and standard-library
+  modules are never imported (evsys_core.usercode). Called the same way.
 - `command`: a Harbor-style task directory (`path`, relative to `tasks.jsonl`'s directory)
   whose `tests/test.sh` is run locally with a timeout — see `commands.py` for the contract.
 
@@ -27,12 +28,9 @@ How the built-ins read text — `normalize(text)`:
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
 import math
 import os
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,65 +357,16 @@ def check_spec(spec: Any, task_dir: Path, *, line: int | None = None,
 
 # --------------------------------------------------------------------------- python kind
 
-_MODULE_CACHE: dict[tuple[str, int], Any] = {}
-
 
 def _load_python_fn(ref: str | None, task_dir: Path, fail: Callable[[str, str], Exception]):
-    if not ref or ":" not in ref:
-        raise fail("fn", f"must be 'module:function' (a module file next to tasks.jsonl), "
-                   f"got {ref!r}")
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise fail("fn", f"must be 'module:function', got {ref!r}")
-    rel = Path(*module_name.split("."))
-    candidates = [task_dir / rel.with_suffix(".py"), task_dir / rel / "__init__.py"]
-    path = next((p for p in candidates if p.is_file()), None)
-    from evsys_core.data import no_bytecode
+    """The `python` verifier's function: a .py file in the folder holding tasks.jsonl
+    (evsys_core.usercode: installed and standard-library modules are never imported)."""
+    from evsys_core import usercode
 
     try:
-        with no_bytecode():
-            module = _import_file(path, task_dir) if path else importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if path is None and e.name and module_name.startswith(e.name):
-            raise fail("fn", f"module {module_name!r} not found: looked for "
-                       f"{candidates[0]} and {candidates[1]}, and no installed module "
-                       "has that name; put the module file next to tasks.jsonl") from None
-        raise fail("fn", f"importing {module_name!r} failed: {e}") from None
-    except Exception as e:  # the module's own code failed
-        raise fail("fn", f"importing {module_name!r} ({path or 'installed'}) raised "
-                   f"{type(e).__name__}: {e}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        names = [n for n in dir(module) if not n.startswith("_")
-                 and callable(getattr(module, n, None))]
-        close = difflib.get_close_matches(attr, names, n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
-        raise fail("fn", f"{module_name!r} ({path or 'installed'}) has no function "
-                   f"{attr!r};{hint} it defines: {', '.join(names) or 'no functions'}")
-    return fn
-
-
-def _import_file(path: Path, task_dir: Path) -> Any:
-    """Import a verifier module by file path, once per (path, mtime), under a private name
-    so two benchmarks' `graders.py` never collide. Siblings import while it loads."""
-    path = path.resolve()
-    key = (str(path), path.stat().st_mtime_ns)
-    if key in _MODULE_CACHE:
-        return _MODULE_CACHE[key]
-    name = f"_evsys_verifier_{abs(hash(key[0])):x}_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    root = str(Path(task_dir).resolve())
-    sys.path.insert(0, root)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        try:
-            sys.path.remove(root)
-        except ValueError:
-            pass
-    _MODULE_CACHE[key] = module
-    return module
+        return usercode.load(ref or "", [Path(task_dir)])
+    except usercode.UserCodeError as e:
+        raise fail("fn", str(e)) from None
 
 
 # --------------------------------------------------------------------------- verify
