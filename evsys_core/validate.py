@@ -11,10 +11,12 @@ and an existing run of the same name. Exit code: 0 valid (warnings allowed), 1 i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -364,8 +366,11 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.workspace is not None and not args.workspace.is_dir():
         raise UsageError(f"--workspace {args.workspace} is not a directory")
-    report = validate(args.config, deep=args.deep, workspace=args.workspace,
-                      overrides=args.overrides)
+    # what the config's own code prints (a transform, a verifier module) goes to stderr, so
+    # that --json prints the report alone
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        report = validate(args.config, deep=args.deep, workspace=args.workspace,
+                          overrides=args.overrides)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:

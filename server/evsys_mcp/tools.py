@@ -247,11 +247,17 @@ class EvsysTools:
         return dict(list(latest.items())[-MAX_METRIC_KEYS:])
 
     def _validate(self, path: Path, deep: bool, overrides: list[str] | None = None) -> ValidationReport:
-        """`evsys validate --json` for a confined path, with the path shown relative to the workspace."""
-        from evsys_core.validate import validate
+        """`evsys validate --json` for a confined path, with the path shown relative to the workspace.
+        A deep check runs the config's own code, so it runs in a child process (deepcheck.py)."""
+        if deep:
+            from .deepcheck import deep_validate
 
-        report = validate(path, deep=deep, workspace=self.workspace, overrides=overrides or ())
-        out = ValidationReport.model_validate(report.model_dump(mode="json"))
+            out = ValidationReport.model_validate(deep_validate(self.workspace, path, overrides or ()))
+        else:
+            from evsys_core.validate import validate
+
+            report = validate(path, deep=False, workspace=self.workspace, overrides=overrides or ())
+            out = ValidationReport.model_validate(report.model_dump(mode="json"))
         out.config_path = self._rel(path)
         return out
 
