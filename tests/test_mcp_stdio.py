@@ -8,6 +8,7 @@ score_benchmark → query_runs → record_conclusion → list_runs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -55,7 +56,9 @@ def ws(tmp_path: Path) -> Path:
 
 def params(ws: Path, *extra: str) -> StdioServerParameters:
     assert EVSYS_MCP.exists(), f"the evsys-mcp console script is not installed in {EVSYS_MCP.parent}"
-    return StdioServerParameters(command=str(EVSYS_MCP), args=["--workspace", str(ws), *extra], cwd=str(ws))
+    # the whole environment (PYTHONPATH included), so that the server runs this checkout's code
+    return StdioServerParameters(command=str(EVSYS_MCP), args=["--workspace", str(ws), *extra], cwd=str(ws),
+                                 env=dict(os.environ))
 
 
 def over_stdio(server: StdioServerParameters, errlog: Path, fn):

@@ -155,6 +155,22 @@ def test_sdft_teacher_sees_the_gold_answer_and_the_student_does_not(tiny_model_d
     assert "Brazil" in teacher and "Hint: the answer is Brasilia." in teacher
 
 
+def test_inputs_named_like_the_demo_templates_own_fields_train(tmp_path, tiny_model_dir, capsys):
+    """Rows whose inputs hold `prompt` and `expected` (the demo_template's own names) used to
+    pass validate and crash the run ("got multiple values for keyword argument 'prompt'");
+    the demo is filled from the prompt and the answer only, so `evsys run` trains on them."""
+    from evsys_core.cli import main
+
+    ws = make_workspace(tmp_path, tiny_model_dir, "sdft", "topk: 5, max_tokens: 4", bench="split: val")
+    rows = [{"inputs": {"question": f"Capital of {c}?", "prompt": "p", "expected": "e"}, "expected": cap}
+            for c, cap in CAPITALS[:2]]
+    write_jsonl(ws / "data" / "train.jsonl", rows)
+    argv = [str(ws / "config.yaml"), "--workspace", str(ws), "--set", "algorithm.params.max_steps=1"]
+    assert main(["validate", *argv[:3], "--deep"]) == 0
+    assert main(["run", *argv]) == 0, capsys.readouterr()
+    assert "Status: completed" in capsys.readouterr().out
+
+
 def test_sdft_ema_teacher_follows_the_student(tmp_path, tiny_model_dir):
     ws = make_workspace(tmp_path, tiny_model_dir, "sdft", "topk: 5, max_tokens: 6, teacher: ema, ema_rate: 0.5")
     result, printed = run(ws)
