@@ -1,9 +1,11 @@
 """`evsys validate CONFIG [--deep] [--json]`: check a config offline and report every problem.
 
-Shallow: the schema (types, unknown keys, values). `--deep` also reads everything the run
-will read, without loading a model or touching the network: the data rows, the
-user_template's placeholders, the algorithm/data-format fit, each benchmark's tasks and
-verifiers, the model's files (local) or name and API key (tinker), the output directory,
+Shallow: the schema (types, unknown keys, values), and that a `module:function` transform is
+a workspace file defining it (parsed, not imported: evsys_core.usercode). `--deep` also reads
+everything the run will read, without loading a model or touching the network: the data rows
+(through the transform), every template filled from every row as the run fills it, the
+algorithm/data-format fit, each benchmark's tasks and verifiers, the model's files (local) or
+name and API key (tinker), the output directory (writable, and where the run index looks),
 and an existing run of the same name. Exit code: 0 valid (warnings allowed), 1 invalid,
 2 usage. `--json` prints the Report, which the MCP server returns as is.
 """
