@@ -529,6 +529,10 @@ class EvsysTools:
             cfg = load_config(cfg_path, overrides, self.workspace)
         except ConfigError as e:
             raise ToolError(f"{self._rel(cfg_path)} is not valid, nothing was launched:\n{e}") from e
+        logger = cfg.local_logger()
+        problem = rundir.output_dir_problem(logger.output_dir) if logger else None
+        if problem:  # checked here too: this process writes the run's first files there
+            raise ToolError(f"{self._rel(cfg_path)}: callbacks[].params.output_dir: {problem}; nothing was launched")
         self._confine_config(cfg, self._rel(cfg_path), "launched")
         output_dir, default_name = self._output_of(cfg, cfg_path)
         with self.launcher.lock:
