@@ -1,6 +1,6 @@
 """Where a run's progress goes: the run directory (`local_logger`) and the terminal.
 
-`LocalLogger` writes the run-directory contract of DESIGN.md: `run.json`, `config.yaml`,
+`LocalLogger` writes the run-directory contract of docs/design.md: `run.json`, `config.yaml`,
 `metrics.jsonl`, `predictions/<bench>.jsonl`, `summary.md` (+ `learning_curve.png`).
 Every JSONL line is written whole and flushed; run.json is replaced atomically.
 `Progress` shows step, loss, the last eval and the ETA: a live bar in a terminal, plain
@@ -80,36 +80,21 @@ class LocalLogger:
         return "\n".join(lines) + "\n"
 
     def _plot(self) -> str | None:
-        """learning_curve.png: training loss and every eval metric against step."""
-        rows = list(rundir.read_jsonl(self.run_dir / rundir.METRICS))
-        if len(rows) < 2:
-            return None
-        try:
-            import matplotlib
+        """learning_curve.png: training loss (and reward, KL) and every eval metric against step."""
+        from evsys_core import plotting
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        rows = list(rundir.read_jsonl(self.run_dir / rundir.METRICS))
+        if len(rows) < 2 or not plotting.available():
             return None
         series: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
             for k, v in row["metrics"].items():
                 if isinstance(v, (int, float)):
                     series.setdefault(k, []).append((row["step"], v))
-        fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for k, pts in series.items():
-            ax = ax_train if k.startswith("train/") else ax_eval
-            if k.startswith("train/") and k not in ("train/mean_loss", "train/mean_reward", "train/kl"):
-                continue
-            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, label=k)
-        for ax, title in ((ax_train, "training"), (ax_eval, "evaluation")):
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            if ax.lines:
-                ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "learning_curve.png", dpi=90)
-        plt.close(fig)
+        train = plotting.Panel("training", [(k, p) for k, p in series.items()
+                                            if k in ("train/mean_loss", "train/mean_reward", "train/kl")])
+        evals = plotting.Panel("evaluation", [(k, p) for k, p in series.items() if not k.startswith("train/")])
+        plotting.draw([train, evals], self.run_dir / "learning_curve.png", size=(10, 3.6), dpi=90)
         return "learning_curve.png"
 
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "evsys_core.benchmarks.cli",  # score
     "evsys_core.history.cli",     # runs, show, best, compare, query, plot, conclude
     "evsys_core.tinker_local",    # tinker-local
+    "evsys_core.jobs.cli",        # launch, status, wait, cancel, logs
 )
 
 
@@ -30,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # that part is not built yet
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

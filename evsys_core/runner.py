@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
@@ -36,7 +36,6 @@ class RunResult:
     run_dir: Path
     run_id: str = ""
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,7 +48,19 @@ class _Plan:
     run_name: str
 
 
-def _plan(cfg: Any) -> _Plan:
+def output_of(cfg: Any) -> tuple[Path, str]:
+    """Where a config's run directory goes: (output_dir, run_name), before `-2`, `-3`, ..."""
+    logger = cfg.local_logger()
+    output_dir = Path(logger.output_dir) if logger else cfg.workspace / "outputs"
+    output_dir = output_dir if output_dir.is_absolute() else cfg.workspace / output_dir
+    run_name = (logger.run_name if logger else None) or (
+        Path(cfg.source_path).stem if getattr(cfg, "source_path", None) else "run")
+    return output_dir, run_name
+
+
+def plan(cfg: Any) -> _Plan:
+    """Check everything a run needs (what `evsys validate --deep` checks); ConfigError with
+    located issues, or RunError, before anything is written."""
     from evsys_core.data import load_tasks
     from evsys_core.validate import check_data, deep_checks
 
@@ -64,10 +75,7 @@ def _plan(cfg: Any) -> _Plan:
     if errors:
         _refuse(cfg, errors)
     benchmarks = [(spec, load_tasks(Path(spec.path))) for spec in cfg.metadata.benchmark]
-    logger = next((c for c in cfg.callbacks if c.kind == "local_logger"), None)
-    output_dir = Path(logger.params.output_dir) if logger else cfg.workspace / "outputs"
-    run_name = (logger.params.run_name if logger else None) or (
-        Path(cfg.source_path).stem if getattr(cfg, "source_path", None) else "run")
+    output_dir, run_name = output_of(cfg)
     _check_writable(output_dir)
     return _Plan(cfg, dataset, benchmarks, output_dir, run_name)
 
@@ -102,6 +110,7 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
         stream: Any = None) -> RunResult:
     """Run a config (path or RunConfig). Bad input raises EvsysError before anything is written."""
     from evsys_core.config import config_to_yaml, load_config
+    from evsys_core.jobs.record import TRAIN, new_record, shown_path
 
     if resume is not None:
         resume = Path(resume)
@@ -114,7 +123,7 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
         cfg = load_config(config, overrides, workspace)
     else:
         cfg = config
-    plan = _plan(cfg)
+    checked = plan(cfg)
     yaml_text = config_to_yaml(cfg)
 
     if resume is not None:
@@ -125,28 +134,22 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
         start_step = _rewind(run_dir)
         info.update(status=rundir.ACTIVE, **rundir.owner(), ended_at=None, error=None, resumed_at=time.time())
     else:
-        run_dir = Path(run_dir) if run_dir else rundir.claim_run_dir(plan.output_dir, run_name or plan.run_name)
+        run_dir = Path(run_dir) if run_dir else rundir.claim_run_dir(checked.output_dir, run_name or checked.run_name)
         run_dir.mkdir(parents=True, exist_ok=True)
         start_step = 0
-        now = time.time()
         claimed = rundir.read_run_json(run_dir)  # a launcher may have written a provisional one
-        info = {
-            "id": claimed.get("id") or rundir.new_run_id(), "name": run_dir.name, "status": rundir.ACTIVE,
-            "created_at": now, "started_at": now, "ended_at": None,
-            "algorithm": cfg.algorithm.kind, "model": cfg.model.name, "backend": cfg.backend.kind,
-            "config_hash": hashlib.sha256(yaml_text.encode()).hexdigest()[:16],
-            "git_commit": _git_commit(cfg.workspace), "parent_run_id": None, **rundir.owner(),
-            "step": 0, "max_steps": None, "error": None,
-            "config_path": str(cfg.source_path) if getattr(cfg, "source_path", None) else None,
-            "final_metrics": {},
-        }
+        info = new_record(
+            run_dir, kind=TRAIN, algorithm=cfg.algorithm.kind, model=cfg.model.name, backend=cfg.backend.kind,
+            run_id=claimed.get("id"), config_hash=hashlib.sha256(yaml_text.encode()).hexdigest()[:16],
+            git_commit=_git_commit(cfg.workspace),
+            config_path=shown_path(getattr(cfg, "source_path", None), cfg.workspace))
         rundir.write_text_atomic(run_dir / "config.yaml", yaml_text)
 
     from evsys_core.callbacks import LocalLogger
 
     logger = LocalLogger(run_dir, info)
     logger.update()
-    return _train(plan, logger, start_step, stream)
+    return _train(checked, logger, start_step, stream)
 
 
 def _rewind(run_dir: Path) -> int:

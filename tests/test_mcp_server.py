@@ -25,9 +25,9 @@ from evsys_core import rundir
 from evsys_mcp.server import TOOLS, WRITE_TOOLS, build_server
 
 ALL_TOOLS = {
-    "list_runs", "read_summary", "get_metrics", "write_config", "validate_config", "launch_run",
-    "run_status", "wait_for_run", "tail_log", "cancel_run", "score_benchmark", "record_conclusion",
-    "query_runs", "compare_runs",
+    "list_runs", "best_runs", "read_summary", "get_metrics", "plot_metrics", "write_config", "validate_config",
+    "launch_run", "run_status", "wait_for_run", "tail_log", "cancel_run", "score_benchmark", "record_conclusion",
+    "query_runs", "compare_runs", "list_configs", "list_benchmarks",
 }
 
 CONFIG = textwrap.dedent("""\
@@ -49,6 +49,7 @@ CONFIG = textwrap.dedent("""\
 
 def make_run(ws: Path, name: str, *, status: str = "completed", lr: float = 1e-4, pid: int | None = None,
              steps: int = 3, summary: str | None = None, log: str | None = None) -> dict[str, Any]:
+    """A hand-made run directory; `pid` (with its real start time) stands for its process."""
     d = ws / "outputs" / name
     (d / rundir.PREDICTIONS).mkdir(parents=True)
     now = time.time()
@@ -56,7 +57,8 @@ def make_run(ws: Path, name: str, *, status: str = "completed", lr: float = 1e-4
         "id": rundir.new_run_id(), "name": name, "status": status, "created_at": now - 100,
         "started_at": now - 100, "ended_at": None if status == "running" else now - 10,
         "algorithm": "sdft", "model": "SmolLM2-135M-Instruct", "backend": "local",
-        "config_hash": "abc", "git_commit": None, "parent_run_id": None, "pid": pid or 999_999_999,
+        "config_hash": "abc", "git_commit": None, "parent_run_id": None,
+        **(rundir.owner(pid) if pid else {"pid": 999_999_999, "pid_started": 1}),
         "step": steps, "max_steps": steps, "error": None, "config_path": "experiments/x.yaml",
         "final_metrics": {"train/mean_loss": 0.5 - lr * 1000, "val/val/pass@1": 0.5 + lr * 1000},
     }
@@ -103,15 +105,16 @@ def runs(ws: Path) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def sleeper():
-    """A live process that looks like an evsys run (its own session, 'evsys' in its argv)."""
+def sleeper(ws):
+    """A live process that looks like the run `name` (its own session, the run dir in its argv)."""
     procs: list[subprocess.Popen] = []
 
-    def start(ignore_term: bool = False) -> subprocess.Popen:
+    def start(name: str, ignore_term: bool = False) -> subprocess.Popen:
         code = ("import signal, time\n"
                 + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else "")
                 + "time.sleep(120)\n")
-        p = subprocess.Popen([sys.executable, "-c", code, "evsys-test-run"], start_new_session=True)
+        p = subprocess.Popen([sys.executable, "-c", code, "--run-dir", str(ws / "outputs" / name)],
+                             start_new_session=True)
         procs.append(p)
         time.sleep(0.3)  # let it install its handler
         return p
@@ -193,7 +196,7 @@ def test_build_server_refuses_missing_workspace(tmp_path):
 
 def test_list_runs(srv, runs):
     out = ok(srv, "list_runs")
-    assert out["count"] == 3 and not out["truncated"]
+    assert out["count"] == 3 and out["next_offset"] is None and out["total"] == 3
     by_name = {r["name"]: r for r in out["runs"]}
     assert by_name["rl_broken"]["status"] == "failed"
     small = by_name["sdft_lr_small"]
@@ -204,7 +207,16 @@ def test_list_runs(srv, runs):
     only = ok(srv, "list_runs", where="status = 'failed'")
     assert [r["name"] for r in only["runs"]] == ["rl_broken"]
     limited = ok(srv, "list_runs", limit=1)
-    assert limited["count"] == 1 and limited["truncated"]
+    assert limited["count"] == 1 and limited["next_offset"] == 1 and limited["total"] is None
+    pages = [limited["runs"][0]["name"]]
+    offset = limited["next_offset"]
+    while offset is not None:
+        page = ok(srv, "list_runs", limit=1, offset=offset)
+        pages += [r["name"] for r in page["runs"]]
+        offset = page["next_offset"]
+    assert pages == [r["name"] for r in out["runs"]]
+    slim = ok(srv, "list_runs", fields=["name"], status="failed")
+    assert slim["runs"] == [{"id": runs["failed"]["id"], "name": "rl_broken"}]
     by_name_sorted = ok(srv, "list_runs", sort_by="name:asc")
     assert [r["name"] for r in by_name_sorted["runs"]] == sorted(r["name"] for r in out["runs"])
 
@@ -223,13 +235,13 @@ def test_read_summary_pages_through_a_long_file(srv, runs):
     full = (runs["lr_large"]["dir"] / "summary.md").read_text()
     parts, offset = [], 0
     while offset is not None:
-        page = ok(srv, "read_summary", run="sdft_lr_large", offset=offset, max_chars=10_000)
-        assert len(page["text"]) <= 10_000
-        assert page["total_chars"] == len(full)
+        page = ok(srv, "read_summary", run="sdft_lr_large", offset=offset, max_bytes=10_000)
+        assert len(page["text"].encode()) <= 10_000
+        assert page["size"] == len(full.encode())
         parts.append(page["text"])
         offset = page["next_offset"]
     assert "".join(parts) == full and len(parts) == -(-len(full) // 10_000)
-    assert "less than or equal to 100000" in err(srv, "read_summary", run="sdft_lr_large", max_chars=1_000_000)
+    assert "less than or equal to 40000" in err(srv, "read_summary", run="sdft_lr_large", max_bytes=1_000_000)
     past_end = ok(srv, "read_summary", run="sdft_lr_large", offset=10**9)
     assert past_end["text"] == "" and past_end["next_offset"] is None
 
@@ -246,18 +258,21 @@ def test_unknown_and_ambiguous_runs(srv, runs):
 
 
 def test_get_metrics_downsamples(srv, runs):
-    out = ok(srv, "get_metrics", run="sdft_lr_large", max_points=10)
+    out = ok(srv, "get_metrics", run="sdft_lr_large", max_points=20)  # shared by the two curves
     assert set(out["available_keys"]) == {"train/mean_loss", "val/val/pass@1"}
+    assert out["splits"] == ["train", "val"] and out["keys_total"] == 2 and out["next_offset"] is None
     loss = next(s for s in out["series"] if s["key"] == "train/mean_loss")
     assert loss["total_points"] == 50 and loss["downsampled"] and len(loss["points"]) == 10
-    assert loss["points"][0] == {"step": 1, "value": 1.0}
-    assert loss["points"][-1]["step"] == 50
-    steps = [p["step"] for p in loss["points"]]
+    assert loss["points"][0] == [1, 1.0]
+    assert loss["points"][-1][0] == 50
+    steps = [p[0] for p in loss["points"]]
     assert steps == sorted(steps)
 
     val = ok(srv, "get_metrics", run="sdft_lr_large", keys=["val/val/pass@1"], split="val")
     assert [s["key"] for s in val["series"]] == ["val/val/pass@1"]
-    assert val["series"][0]["points"][-1] == {"step": 50, "value": 1.0}
+    assert val["series"][0]["points"][-1] == [50, 1.0]
+    hint = err(srv, "get_metrics", run="sdft_lr_large", split="validation")
+    assert "'validation'" in hint and "train, val" in hint
     text = err(srv, "get_metrics", run="sdft_lr_large", keys=["nope/metric"])
     assert "nope/metric" in text and "train/mean_loss" in text  # says which keys exist
 
@@ -369,7 +384,7 @@ def test_validate_config(srv, ws):
 # --- launch_run / run_status / cancel_run / wait_for_run -----------------------------------
 
 def test_launch_refused_beyond_max_concurrent_runs(srv, ws, sleeper):
-    p = sleeper()
+    p = sleeper("busy")
     make_run(ws, "busy", status="running", pid=p.pid)
     (ws / "experiments" / "go.yaml").write_text(CONFIG.format(lr=1e-4, name="go"))
     text = err(srv, "launch_run", config_path="go.yaml")
@@ -410,7 +425,7 @@ def test_launch_status_tail_and_cancel_a_real_process(srv, ws):
         second = await c.call_tool("launch_run", {"config_path": "go.yaml"})
         assert second.is_error and "already running" in second.content[0].text
         log = await c.call_tool("tail_log", {"run": launched["run_id"]})
-        assert "evsys_core.cli run" in "\n".join(log.structured_content["lines"])
+        assert "evsys_core.cli run" in log.structured_content["text"]
         cancel = await c.call_tool("cancel_run", {"run": launched["run_id"]})
         assert not cancel.is_error, cancel.content[0].text
         return launched, cancel.structured_content
@@ -425,7 +440,7 @@ def test_launch_status_tail_and_cancel_a_real_process(srv, ws):
 
 def test_cancel_escalates_to_sigkill(ws, sleeper):
     server = build_server(ws, cancel_grace_s=0.5)
-    stubborn = sleeper(ignore_term=True)
+    stubborn = sleeper("stubborn", ignore_term=True)
     run = make_run(ws, "stubborn", status="running", pid=stubborn.pid)
     out = ok(server, "cancel_run", run="stubborn")
     assert out["signal"] == "SIGKILL" and out["status"] == "interrupted"
@@ -446,7 +461,7 @@ def test_cancel_refuses_a_reused_pid(srv, ws):
 
 def test_cancel_never_signals_the_server_itself(srv, ws):
     make_run(ws, "scoring_inside", status="running", pid=os.getpid())
-    assert "inside this server" in err(srv, "cancel_run", run="scoring_inside")
+    assert "this process" in err(srv, "cancel_run", run="scoring_inside")
     assert ok(srv, "run_status", run="scoring_inside")["status"] == "running"
 
 
@@ -462,7 +477,7 @@ def test_run_status_reports_a_dead_run_as_interrupted(srv, ws, runs):
 
 
 def test_wait_for_run_times_out_with_progress(srv, ws, sleeper):
-    p = sleeper()
+    p = sleeper("slow")
     make_run(ws, "slow", status="running", pid=p.pid)
     progress: list[tuple[float, float | None, str | None]] = []
 
@@ -482,7 +497,7 @@ def test_wait_for_run_times_out_with_progress(srv, ws, sleeper):
 
 
 def test_wait_for_run_returns_when_the_run_ends(srv, ws, sleeper):
-    p = sleeper()
+    p = sleeper("finishing")
     run = make_run(ws, "finishing", status="running", pid=p.pid)
 
     def finish():  # as the runner does: run.json final first, summary.md a moment later
@@ -495,12 +510,12 @@ def test_wait_for_run_returns_when_the_run_ends(srv, ws, sleeper):
 
     threading.Thread(target=finish).start()
     out = ok(srv, "wait_for_run", run="finishing", timeout_s=30)
-    assert out["status"] == "completed" and out["timed_out"] is False and 1.5 < out["waited_s"] < 10
+    assert out["status"] == "completed" and out["timed_out"] is False and out["waited_s"] < 10
     assert ok(srv, "read_summary", run="finishing")["text"].startswith("# finishing")  # there once wait returns
 
 
 def test_cancelling_a_wait_request_leaves_the_run_alone(srv, ws, sleeper):
-    p = sleeper()
+    p = sleeper("keep")
     make_run(ws, "keep", status="running", pid=p.pid)
 
     async def flow(c):
@@ -513,13 +528,23 @@ def test_cancelling_a_wait_request_leaves_the_run_alone(srv, ws, sleeper):
 
 
 def test_tail_log(srv, ws, runs):
-    out = ok(srv, "tail_log", run="rl_broken", lines=10)
-    assert out["lines"] == [f"log line {i}" for i in range(4990, 5000)]
-    (runs["failed"]["dir"] / "train.log").write_text("short\n" + "x" * 10_000 + "\n")
-    cut = ok(srv, "tail_log", run="rl_broken", lines=5)
-    assert cut["lines"][0] == "short" and len(cut["lines"][1]) < 2100 and cut["truncated"]
+    log = (runs["failed"]["dir"] / "train.log").read_bytes()
+    out = ok(srv, "tail_log", run="rl_broken", max_bytes=100)
+    assert out["size"] == len(log) and out["next_offset"] is None
+    assert out["text"].endswith("log line 4999\n") and out["text"].startswith("log line")  # a whole line first
+    assert len(out["text"].encode()) <= 100
+    parts, offset = [], 0
+    while offset is not None:
+        page = ok(srv, "tail_log", run="rl_broken", offset=offset, max_bytes=40_000)
+        parts.append(page["text"])
+        offset = page["next_offset"]
+    assert "".join(parts).encode() == log
+    (runs["failed"]["dir"] / "train.log").write_text("é" * 30)  # 60 bytes: a page never splits a character
+    first = ok(srv, "tail_log", run="rl_broken", offset=0, max_bytes=7)
+    assert first["text"] == "ééé" and first["next_offset"] == 6
     assert "no train.log" in err(srv, "tail_log", run="sdft_lr_small")
-    assert "less than or equal to 1000" in err(srv, "tail_log", run="rl_broken", lines=10**6)
+    assert "less than or equal to 40000" in err(srv, "tail_log", run="rl_broken", max_bytes=10**6)
+    assert "Extra inputs" in err(srv, "tail_log", run="rl_broken", lines=10)  # an argument it does not take
 
 
 # --- record_conclusion / compare_runs / query_runs ----------------------------------------
@@ -554,12 +579,16 @@ def test_query_runs(srv, runs):
     assert out["columns"] == ["name", "status"]
     assert out["rows"] == [["rl_broken", "failed"], ["sdft_lr_large", "completed"], ["sdft_lr_small", "completed"]]
     assert out["truncated"] is False
-    cut = ok(srv, "query_runs", sql="SELECT step, value FROM metrics", max_rows=5)
-    assert cut["row_count"] == 5 and cut["truncated"] and "max_rows" in cut["note"]
+    cut = ok(srv, "query_runs", sql="SELECT step, value FROM metrics ORDER BY run_id, step, key", max_rows=5)
+    assert cut["row_count"] == 5 and cut["truncated"] and "next_offset" in cut["note"] and cut["next_offset"] == 5
+    on = ok(srv, "query_runs", sql="SELECT step, value FROM metrics ORDER BY run_id, step, key", max_rows=5, offset=5)
+    every = ok(srv, "query_runs", sql="SELECT step, value FROM metrics ORDER BY run_id, step, key", max_rows=10)
+    assert cut["rows"] + on["rows"] == every["rows"]
     big = ok(srv, "query_runs", sql="SELECT repeat('x', 100000) AS s")
     assert len(big["rows"][0][0]) <= 2001
     many = ok(srv, "query_runs", sql="SELECT repeat('y', 1900) FROM range(1000)", max_rows=1000)
-    assert many["truncated"] and many["row_count"] < 1000 and "characters" in many["note"]
+    assert many["truncated"] and many["row_count"] < 1000 and "to fit" in many["note"]
+    assert many["next_offset"] == many["row_count"]
     assert ok(srv, "query_runs", sql="SELECT 1;")["rows"] == [[1]]
 
 
@@ -594,9 +623,9 @@ def test_query_runs_refuses_writes_and_file_access(srv, runs, sql, why):
 
 
 def test_query_runs_is_bounded_in_time(ws, runs, monkeypatch):
-    from evsys_mcp import tools
+    from evsys_mcp.tools import history
 
-    monkeypatch.setattr(tools, "QUERY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(history, "QUERY_TIMEOUT_S", 1.0)
     server = build_server(ws)
     t0 = time.monotonic()
     text = err(server, "query_runs", sql="SELECT count(*) FROM range(100000000000) a")

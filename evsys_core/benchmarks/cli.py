@@ -1,13 +1,14 @@
 """`evsys score`: score a base model or a run's trained weights on a benchmark directory.
 
     evsys score --benchmark DIR (--model NAME | --run RUN_DIR) [--metrics pass@1 ...]
-                [--num-samples N] [--max-tokens N] [--output DIR] [--json] [--workspace DIR]
+                [--num-samples N] [--max-tokens N] [--output DIR] [--detach] [--json] [--workspace DIR]
 
-The results are a run directory of their own (algorithm "score", parent_run_id = the scored
-run's id), under `--output` (default `<workspace>/outputs/scores`), so the history index
-lists it beside training runs: run.json, metrics.jsonl (one eval row at step 0),
-predictions/<bench>.jsonl and summary.md. `score_benchmark` is the same thing as a function
-(the MCP server calls it).
+The results are a run directory of their own (kind "score" in run.json and the index,
+algorithm "score", parent_run_id = the scored run's id), under `--output` (default
+`<workspace>/outputs/scores`): run.json (its step counts the tasks scored so far, of
+max_steps), metrics.jsonl (one eval row at step 0), predictions/<bench>.jsonl and summary.md.
+`--detach` starts it through the job engine (`evsys_core.jobs`), as the MCP server's
+score_benchmark does; `score_benchmark` is the same thing as a function, in this process.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,42 +140,61 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:60] or "model"
 
 
-def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
-                    model: str | None = None, run: str | Path | None = None,
-                    metrics: Sequence[str] | None = None, num_samples: int | None = None,
-                    max_tokens: int | None = None, temperature: float | None = None,
-                    backend: str | None = None, name: str | None = None,
-                    split: str | None = None, output: str | Path | None = None,
-                    system_prompt: str | None = None, seed: int = 0,
-                    stream: Any = None) -> ScoreResult:
-    """Score a base model (`model`) or a training run's final weights (`run`) on the
-    benchmark in `benchmark_dir` and write the results as a run directory.
+@dataclass
+class ScorePlan:
+    """Everything a score checks before anything is written (`plan_score`)."""
+    workspace: Path
+    bench_dir: Path
+    spec: _Spec
+    target: _Target
+    tasks: list[Any]
+    num_samples: int
+    temperature: float
+    max_tokens: int
+    out_dir: Path
+    system_prompt: str | None
+    seed: int
+
+    @property
+    def dir_name(self) -> str:
+        who = self.target.parent_dir.name if self.target.parent_dir else _slug(self.target.model.split("/")[-1])
+        return f"{_slug(self.spec.name)}-{who}"
+
+
+def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
+               model: str | None = None, run: str | Path | None = None,
+               metrics: Sequence[str] | None = None, num_samples: int | None = None,
+               max_tokens: int | None = None, temperature: float | None = None,
+               backend: str | None = None, name: str | None = None,
+               split: str | None = None, output: str | Path | None = None,
+               system_prompt: str | None = None, seed: int = 0) -> ScorePlan:
+    """Check a score request; raises EvsysError subclasses naming the argument (`benchmark`,
+    `model`, `run`, ...: the `evsys score` flags and the score_benchmark tool share the names).
 
     Defaults for name/split/metrics/num_samples/max_tokens/temperature come from the scored
     run's own entry for this benchmark (if its config had one), else from the directory
     name, "val", ["pass@1"], max k, 64 and 0.0 (1.0 when sampling more than once).
-    Raises EvsysError subclasses for bad input before anything is written.
     """
     from evsys_core.benchmarks.passk import parse_metric
-    from evsys_core.benchmarks.scoring import evaluate, sampling_settings
+    from evsys_core.benchmarks.scoring import sampling_settings
     from evsys_core.benchmarks.verifiers import check_spec
     from evsys_core.data import load_tasks_with_lines
 
     workspace = Path(workspace).resolve()
     if (model is None) == (run is None):
-        raise UsageError("give exactly one of --model NAME (a base model) or --run RUN_DIR "
-                         "(a training run's final weights)")
+        raise UsageError("give exactly one of model (a base model name) or run (a training run whose "
+                         "final weights to score)")
     bench_dir = _resolve(workspace, benchmark_dir)
     if not os.path.isfile(bench_dir / "tasks.jsonl"):  # False, not an error, for unusable names
-        raise UsageError(f"--benchmark {benchmark_dir}: {bench_dir / 'tasks.jsonl'} does not "
-                         "exist; pass a directory holding tasks.jsonl")
+        raise UsageError(f"benchmark {benchmark_dir}: {bench_dir / 'tasks.jsonl'} does not "
+                         "exist; give a directory holding tasks.jsonl")
     if backend is not None and backend not in ("local", "tinker"):
-        raise UsageError(f"--backend {backend!r}: use local or tinker")
+        raise UsageError(f"backend {backend!r}: use local or tinker")
     for m in metrics or []:
         try:
             parse_metric(m)
         except ValueError as e:
-            raise UsageError(f"--metrics: {e}") from None
+            raise UsageError(f"metrics: {e}") from None
 
     if run is not None:
         target = _run_target(_find_run(workspace, run), backend)
@@ -200,8 +219,8 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
         max_tokens=max_tokens if max_tokens is not None else entry.get("max_tokens", 64),
         temperature=temperature if temperature is not None else entry.get("temperature"),
     )
-    for what, value in (("benchmark name (--name, else the directory name)", spec.name),
-                        ("split (--split)", spec.split)):
+    for what, value in (("benchmark name (name, else the directory name)", spec.name),
+                        ("split", spec.split)):
         if not _SAFE_NAME.fullmatch(str(value)):
             raise UsageError(f"{what} {value!r}: use only letters, digits, '.', '_' and '-'; "
                              "it becomes part of the metric keys <split>/<name>/<metric>")
@@ -209,47 +228,64 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
     numbered = load_tasks_with_lines(bench_dir)
     for line, task in numbered:
         check_spec(task.verifier, bench_dir, line=line, task_id=task.task_id)
-    tasks = [task for _, task in numbered]
-
     out_dir = _resolve(workspace, output) if output else workspace / "outputs" / "scores"
     problem = rundir.output_dir_problem(out_dir)
     if problem:
         raise RunError(f"cannot write the score's run directory under {out_dir}: {problem}; "
-                       "pass --output a writable directory")
-    who = target.parent_dir.name if target.parent_dir else _slug(target.model.split("/")[-1])
-    run_dir = rundir.claim_run_dir(out_dir, f"{_slug(spec.name)}-{who}")
+                       "give output a writable directory")
+    return ScorePlan(workspace, bench_dir, spec, target, [t for _, t in numbered], n, temp, max_tok,
+                     out_dir, system_prompt, seed)
+
+
+def score_record(plan: ScorePlan, run_dir: Path, pid: int | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """The run.json a score run starts with (kind "score"; its steps count scored tasks)."""
+    from evsys_core.jobs.record import SCORE, new_record, shown_path
+
+    target, spec, ws = plan.target, plan.spec, plan.workspace
+    parent = target.parent or {}
+    return new_record(
+        run_dir, kind=SCORE, algorithm="score", model=target.model, backend=target.backend, run_id=run_id,
+        pid=pid, max_steps=len(plan.tasks),
+        parent_run_id=parent.get("id") or (rundir.inferred_run_id(target.parent_dir) if target.parent_dir else None),
+        score={"benchmark": shown_path(plan.bench_dir, ws), "benchmark_name": spec.name,
+               "split": spec.split, "metrics": spec.metrics, "num_samples": plan.num_samples,
+               "max_tokens": plan.max_tokens, "temperature": plan.temperature, "num_tasks": len(plan.tasks),
+               "model_path": shown_path(target.model_path, ws),
+               "scored_run_dir": shown_path(target.parent_dir, ws)})
+
+
+def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *, run_dir: Path | None = None,
+                    stream: Any = None, **options: Any) -> ScoreResult:
+    """Score a base model (`model=`) or a training run's final weights (`run=`) on the benchmark
+    in `benchmark_dir` and write the results as a run directory (a fresh one under `output`,
+    or `run_dir`, already claimed by a launcher). Options: those of `plan_score`."""
+    plan = plan_score(workspace, benchmark_dir, **options)
+    return run_score(plan, run_dir, stream)
+
+
+def run_score(plan: ScorePlan, run_dir: Path | None = None, stream: Any = None) -> ScoreResult:
+    from evsys_core.benchmarks.scoring import evaluate
     from evsys_core.callbacks import LocalLogger
 
-    now = time.time()
-    parent = target.parent or {}
-    logger = LocalLogger(run_dir, {
-        "id": rundir.new_run_id(), "name": run_dir.name, "status": rundir.ACTIVE,
-        "created_at": now, "started_at": now, "ended_at": None, "algorithm": "score",
-        "model": target.model, "backend": target.backend, "config_hash": None,
-        "git_commit": None, "parent_run_id": parent.get("id") or (
-            rundir.inferred_run_id(target.parent_dir) if target.parent_dir else None),
-        **rundir.owner(), "step": 0, "max_steps": 0, "error": None, "config_path": None,
-        "final_metrics": {},
-        "score": {"benchmark": str(bench_dir), "benchmark_name": spec.name,
-                  "split": spec.split, "metrics": spec.metrics, "num_samples": n,
-                  "max_tokens": max_tok, "temperature": temp, "num_tasks": len(tasks),
-                  "model_path": target.model_path,
-                  "scored_run_dir": str(target.parent_dir) if target.parent_dir else None},
-    })
+    target, spec, tasks = plan.target, plan.spec, plan.tasks
+    if run_dir is None:
+        run_dir = rundir.claim_run_dir(plan.out_dir, plan.dir_name)
+    claimed = rundir.read_run_json(run_dir)  # a launcher's record: keep its id
+    logger = LocalLogger(run_dir, score_record(plan, run_dir, run_id=claimed.get("id")))
     logger.update()
     out = stream or sys.stderr
     print(f"Scoring {target.model_path or target.model} ({target.backend}) on {spec.name}: "
-          f"{len(tasks)} tasks x {n} samples", file=out, flush=True)
+          f"{len(tasks)} tasks x {plan.num_samples} samples", file=out, flush=True)
     try:
         from evsys_core.backends import get_service
 
-        service = get_service(target.backend, seed=seed)
+        service = get_service(target.backend, seed=plan.seed)
         if target.model_path:
             client = service.create_sampling_client(model_path=target.model_path)
         else:
             client = service.create_sampling_client(base_model=target.model)
-        result = evaluate(client, client.get_tokenizer(), spec, tasks,
-                          system_prompt=system_prompt, seed=seed)
+        result = evaluate(client, client.get_tokenizer(), spec, tasks, system_prompt=plan.system_prompt,
+                          seed=plan.seed, on_task=lambda done: logger.update(step=done))
         logger.log_metrics(0, spec.split, result.metrics)
         logger.log_predictions(spec.name, 0, result.predictions)
     except KeyboardInterrupt:
@@ -284,22 +320,40 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", help="split label in metric keys (default: val)")
     p.add_argument("--output", metavar="DIR",
                    help="where the score's run directory goes (default <workspace>/outputs/scores)")
+    p.add_argument("--detach", action="store_true",
+                   help="start the score as a detached job and return at once (follow it with "
+                        "`evsys wait`, stop it with `evsys cancel`)")
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)  # a launcher's claimed directory
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--workspace", metavar="DIR", default=".",
                    help="workspace root relative paths resolve against (default: .)")
     p.set_defaults(func=_handle)
 
 
+def score_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "run": args.run, "metrics": args.metrics, "num_samples": args.num_samples,
+            "max_tokens": args.max_tokens, "temperature": args.temperature, "backend": args.backend,
+            "name": args.name, "split": args.split, "output": args.output}
+
+
 def _handle(args: argparse.Namespace) -> int:
     for flag, value in (("--num-samples", args.num_samples), ("--max-tokens", args.max_tokens)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    result = score_benchmark(
-        args.workspace, args.benchmark, model=args.model, run=args.run, metrics=args.metrics,
-        num_samples=args.num_samples, max_tokens=args.max_tokens,
-        temperature=args.temperature, backend=args.backend, name=args.name,
-        split=args.split, output=args.output,
-    )
+    if args.detach:
+        from evsys_core.jobs.cli import print_launch
+        from evsys_core.jobs.engine import Engine
+
+        return print_launch(Engine(Path(args.workspace)).launch_score(args.benchmark, **score_options(args)),
+                            args.json)
+    if args.run_dir is not None:  # a detached score: `evsys cancel` (SIGTERM) ends it as interrupted
+        import signal
+
+        def stop(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+    result = score_benchmark(args.workspace, args.benchmark, run_dir=args.run_dir, **score_options(args))
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "run_id": result.run_id,
                           "status": "completed", "metrics": result.metrics}))
@@ -308,4 +362,3 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"Metrics: {result.metrics}")
         print(f"Logs: {result.run_dir} (metrics.jsonl, predictions/, summary.md)")
     return 0
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from evsys_core import render
 from evsys_core.benchmarks import passk
@@ -47,8 +47,11 @@ def sampling_settings(spec: Any) -> tuple[int, float, int]:
 
 
 def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[Any], *,
-             system_prompt: str | None = None, seed: int = 0) -> EvalResult:
+             system_prompt: str | None = None, seed: int = 0,
+             on_task: Callable[[int], None] | None = None) -> EvalResult:
     """Sample `num_samples` answers per task, verify each, and compute the spec's metrics.
+
+    `on_task(done)` is called after each task is verified (progress for a score run).
 
     Prediction rows: task_id, instruction, sample (index), answer, score, passed, reason.
     Raises ConfigError / DataError / VerifierError for a bad spec or task *before* sampling;
@@ -91,6 +94,8 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
             raise BackendError(f"the sampler returned {len(samples)} samples for task "
                             f"{task.task_id!r}, asked for {n}")
         per_task.append(samples)
+        if on_task is not None:
+            on_task(len(per_task))
 
     values = passk.compute_metrics(list(spec.metrics or ["pass@1"]), per_task)
     prefix = f"{spec.split}/{spec.name}/"

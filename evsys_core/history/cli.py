@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sort", metavar="KEY[:asc]",
                    help="a metric key or runs column; highest first unless :asc")
     p.add_argument("--limit", type=int, metavar="N", help="show at most N runs")
+    p.add_argument("--kind", choices=("train", "score", "all"), default="train",
+                   help="training runs (default), score runs, or all")
     p.set_defaults(func=cmd_runs)
 
     p = subparsers.add_parser("show", parents=[common], help="one run in full",
@@ -55,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="rank by the final value (default) or the best value seen")
     p.add_argument("--where", metavar="EXPR", help="SQL condition, as for `evsys runs`")
     p.add_argument("--limit", type=int, default=5, metavar="N", help="how many (default 5)")
+    p.add_argument("--kind", choices=("train", "score", "all"), default="train",
+                   help="rank training runs (default), score runs, or all")
     p.set_defaults(func=cmd_best)
 
     p = subparsers.add_parser("compare", parents=[common],
@@ -104,10 +108,14 @@ def _index(args: argparse.Namespace):
 # ---------------------------------------------------------------------- commands
 
 
+def _kind(args: argparse.Namespace) -> str | None:
+    return None if args.kind == "all" else args.kind
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
 
-    rows = _index(args).runs(where=args.where, sort=args.sort, limit=args.limit)
+    rows = _index(args).runs(where=args.where, sort=args.sort, limit=args.limit, kind=_kind(args))
     if args.json:
         tables.print_json(rows)
         return 0
@@ -189,7 +197,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
 
     rows = _index(args).best(args.metric, maximize=args.maximize, where=args.where,
-                             by=args.by, limit=args.limit)
+                             by=args.by, limit=args.limit, kind=_kind(args))
     if args.json:
         tables.print_json(rows)
         return 0
@@ -291,31 +299,17 @@ def _slug(s: str) -> str:
 
 
 def _draw(series: list[dict[str, Any]], metrics: list[str], out: Path) -> None:
-    import matplotlib
+    from evsys_core import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     several = len(metrics) > 1
-    for s in series:
-        pts = [(x, y) for x, y in s["points"] if x is not None]
-        label = f"{s['run']}: {s['metric']}" if several else s["run"]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
-                markersize=3, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel(metrics[0] if not several else "value")
-    ax.set_title(", ".join(metrics))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    panel = plotting.Panel(", ".join(metrics), [
+        (f"{s['run']}: {s['metric']}" if several else s["run"], s["points"]) for s in series],
+        ylabel=metrics[0] if not several else "value")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
+        plotting.draw([panel], out)
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e}") from None
-    finally:
-        plt.close(fig)
 
 
 def cmd_conclude(args: argparse.Namespace) -> int:

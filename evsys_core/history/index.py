@@ -269,8 +269,9 @@ class Index:
         return self._read(run)
 
     def runs(self, where: str | None = None, sort: str | None = None,
-             limit: int | None = None) -> list[dict[str, Any]]:
-        return self._read(lambda con: reports.list_runs(con, where, sort, limit))
+             limit: int | None = None, kind: str | None = "train") -> list[dict[str, Any]]:
+        """Runs of `kind` ("train" by default, "score", or None for both), newest first."""
+        return self._read(lambda con: reports.list_runs(con, where, sort, limit, kind))
 
     def resolve(self, run: str) -> dict[str, Any]:
         return self._read(lambda con: reports.resolve(con, self.workspace, run))
@@ -279,8 +280,9 @@ class Index:
         return self._read(lambda con: reports.show(con, self.workspace, run))
 
     def best(self, metric: str, maximize: bool = True, where: str | None = None,
-             by: str = "final", limit: int | None = 5) -> list[dict[str, Any]]:
-        return self._read(lambda con: reports.best(con, metric, maximize, where, by, limit))
+             by: str = "final", limit: int | None = 5, kind: str | None = "train",
+             offset: int = 0) -> list[dict[str, Any]]:
+        return self._read(lambda con: reports.best(con, metric, maximize, where, by, limit, kind, offset))
 
     def compare(self, runs: Sequence[str]) -> dict[str, Any]:
         return self._read(lambda con: reports.compare(con, self.workspace, runs))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evsys_core import rundir
+from evsys_core.jobs.record import kind_of
 
 CONFIG = "config.yaml"
 STALE_AFTER_S = 600.0  # a run without run.json and untouched this long is `interrupted`
@@ -411,6 +412,7 @@ def run_row(
         "name": to_str(info.get("name")) if info.get("name") else Path(abs_dir).name,
         "path": rel,
         "status": status,
+        "kind": kind_of(info or {}),
         "algorithm": to_str(info.get("algorithm") or _get(config, "algorithm", "kind")),
         "model": to_str(info.get("model") or _get(config, "model", "name")),
         "backend": to_str(info.get("backend") or _get(config, "backend", "kind")),

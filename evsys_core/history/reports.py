@@ -155,16 +155,26 @@ def _order(con: Any, sort: str | None, keys: Sequence[str]) -> str:
 # ------------------------------------------------------------------------- reports
 
 
+def _kind_filter(kind: str | None) -> str:
+    """`kind = ...` for a run kind ("train", "score"), or TRUE for every kind (None)."""
+    if kind is None:
+        return "TRUE"
+    if kind not in ("train", "score"):
+        raise UsageError(f"kind must be train, score or all, not {kind!r}")
+    return f"_wide.kind = {sql_str(kind)}"
+
+
 def list_runs(con: Any, where: str | None = None, sort: str | None = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
+              limit: int | None = None, kind: str | None = "train") -> list[dict[str, Any]]:
+    """Runs of `kind` (default: training runs; None: every kind), newest first."""
     if where:
         _check_expr(con, where, "--where")
     keys = _referenced_keys(con, where, sort)
-    sql = wide_cte(keys) + (" SELECT run_id, name, path, status, algorithm, model, backend, "
+    sql = wide_cte(keys) + (" SELECT run_id, name, path, status, kind, algorithm, model, backend, "
                             "steps, max_steps, started_at, ended_at, conclusion, sort_time "
-                            "FROM _wide")
+                            f"FROM _wide WHERE {_kind_filter(kind)}")
     if where:
-        sql += f" WHERE ({where})"
+        sql += f" AND ({where})"
     sql += f" ORDER BY {_order(con, sort, keys)}"
     if limit is not None:
         if limit < 0:
@@ -181,7 +191,7 @@ def list_runs(con: Any, where: str | None = None, sort: str | None = None,
         t = _parse_iso(r.get("sort_time"))
         out.append({
             "run_id": r["run_id"], "name": r["name"], "path": r["path"], "status": r["status"],
-            "algorithm": r["algorithm"], "model": r["model"], "backend": r["backend"],
+            "kind": r["kind"], "algorithm": r["algorithm"], "model": r["model"], "backend": r["backend"],
             "steps": r["steps"], "max_steps": r["max_steps"],
             "started_at": r["started_at"], "ended_at": r["ended_at"],
             "age_s": (now - t) if t is not None else None,
@@ -306,7 +316,8 @@ def show(con: Any, workspace: Path, run: str) -> dict[str, Any]:
 
 
 def best(con: Any, metric: str, maximize: bool = True, where: str | None = None,
-         by: str = "final", limit: int | None = 5) -> list[dict[str, Any]]:
+         by: str = "final", limit: int | None = 5, kind: str | None = "train",
+         offset: int = 0) -> list[dict[str, Any]]:
     if by not in ("final", "best"):
         raise UsageError(f"by must be 'final' or 'best', not {by!r}")
     if by == "final":
@@ -319,12 +330,14 @@ def best(con: Any, metric: str, maximize: bool = True, where: str | None = None,
     sql = (wide_cte(keys) + f" SELECT _wide.run_id, _wide.name, _wide.status, _wide.path, "
            f"_wide.algorithm, _wide.model, {value} AS value, {step} AS step "
            "FROM metric_summary m JOIN _wide ON m.run_id = _wide.run_id "
-           f"WHERE m.key = ? AND {value} IS NOT NULL AND NOT isnan({value})")
+           f"WHERE m.key = ? AND {value} IS NOT NULL AND NOT isnan({value}) AND {_kind_filter(kind)}")
     if where:
         sql += f" AND ({where})"
     sql += f" ORDER BY value {'DESC' if maximize else 'ASC'}, _wide.sort_time DESC NULLS LAST"
     if limit:
         sql += f" LIMIT {int(limit)}"
+    if offset:
+        sql += f" OFFSET {int(offset)}"
     try:
         found = _dicts(con.execute(sql, [metric]))
     except duckdb.Error as e:

@@ -16,13 +16,13 @@ what was parsed from them), `meta` (schema version, last refresh).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "meta": [("key", "VARCHAR"), ("value", "VARCHAR")],
     "runs": [
         ("run_id", "VARCHAR"), ("name", "VARCHAR"), ("path", "VARCHAR"), ("status", "VARCHAR"),
-        ("algorithm", "VARCHAR"), ("model", "VARCHAR"), ("backend", "VARCHAR"),
+        ("kind", "VARCHAR"), ("algorithm", "VARCHAR"), ("model", "VARCHAR"), ("backend", "VARCHAR"),
         ("created_at", "TIMESTAMP"), ("started_at", "TIMESTAMP"), ("ended_at", "TIMESTAMP"),
         ("duration_s", "DOUBLE"), ("steps", "BIGINT"), ("max_steps", "BIGINT"),
         ("learning_rate", "DOUBLE"), ("batch_size", "BIGINT"), ("lora_rank", "BIGINT"),

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .launch import _child_env
+from evsys_core.jobs.process import child_env as _child_env
 
 DEEP_CHECK_TIMEOUT_S = 120.0
 MAX_REPORT_BYTES = 4 * 2**20

@@ -1,15 +1,23 @@
-"""The structured results of the evsys-mcp tools (each tool's outputSchema)."""
+"""The structured results of the evsys-mcp tools (each tool's outputSchema).
+
+Paths in every result are relative to the workspace. List-like results page: `offset` is
+where this page starts, `next_offset` (null at the end) is what to pass to read on.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
+
+NEXT = Field(None, description="pass as `offset` to read the next page; null when this is the last")
+
 
 class RunRow(BaseModel):
     id: str
     name: str | None = None
     status: str | None = None
+    kind: str | None = Field(None, description="train (a training run) or score (a score_benchmark run)")
     run_dir: str | None = Field(None, description="relative to the workspace")
     algorithm: str | None = None
     model: str | None = None
@@ -19,34 +27,56 @@ class RunRow(BaseModel):
     step: int | None = None
     max_steps: int | None = None
     parent_run_id: str | None = None
-    metrics: dict[str, float | None] = Field(default_factory=dict, description="final value of each evaluation metric")
+    metrics: dict[str, float | None] | None = Field(None, description="final value of each evaluation metric")
     conclusion: str | None = Field(None, description="the latest conclusion, shortened")
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: Any) -> dict[str, Any]:  # rows are many: absent fields are left out
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class RunList(BaseModel):
     runs: list[RunRow]
-    count: int
-    truncated: bool = Field(description="more runs matched than `limit`")
+    count: int = Field(description="runs in this page")
+    offset: int
+    next_offset: int | None = NEXT
+    total: int | None = Field(None, description="every matching run; known when this page reaches the end")
+    note: str | None = None
+
+
+class BestRow(BaseModel):
+    rank: int
+    run_id: str
+    name: str | None = None
+    status: str | None = None
+    run_dir: str | None = None
+    algorithm: str | None = None
+    model: str | None = None
+    value: float | None = None
+    step: int | None = None
+
+
+class BestList(BaseModel):
+    metric: str
+    by: str
+    maximize: bool
+    runs: list[BestRow]
+    offset: int
+    next_offset: int | None = NEXT
 
 
 class SummaryPage(BaseModel):
     run_id: str
     path: str
     text: str
-    offset: int
-    next_offset: int | None = Field(description="pass as `offset` to read on; null at the end")
-    total_chars: int
-
-
-class MetricPoint(BaseModel):
-    step: int
-    value: float | None
+    offset: int = Field(description="byte offset of this page in the file")
+    next_offset: int | None = NEXT
+    size: int = Field(description="the file's size in bytes")
 
 
 class MetricSeries(BaseModel):
     key: str
-    split: str | None = None
-    points: list[MetricPoint]
+    points: list[tuple[int, float | None]] = Field(description="[step, value] pairs, value to 6 significant digits")
     total_points: int
     downsampled: bool
 
@@ -54,8 +84,12 @@ class MetricSeries(BaseModel):
 class MetricsResult(BaseModel):
     run_id: str
     series: list[MetricSeries]
-    available_keys: list[str]
-    note: str | None = Field(None, description="set when series or available_keys were cut")
+    keys_total: int = Field(description="how many metric keys matched (series page over them)")
+    offset: int
+    next_offset: int | None = NEXT
+    splits: list[str] = Field(default_factory=list, description="the splits this run logged")
+    available_keys: list[str] = Field(default_factory=list, description="metric keys of the run (the first 100)")
+    note: str | None = None
 
 
 class ConfigIssue(BaseModel):
@@ -75,6 +109,7 @@ class ValidationReport(BaseModel):
     deep: bool = False
     errors: list[ConfigIssue] = Field(default_factory=list)
     warnings: list[ConfigIssue] = Field(default_factory=list)
+    note: str | None = Field(None, description="set when issues were left out to fit the answer")
 
 
 class WriteConfigResult(BaseModel):
@@ -84,13 +119,22 @@ class WriteConfigResult(BaseModel):
     report: ValidationReport
 
 
+class FileList(BaseModel):
+    items: list[dict[str, Any]] = Field(description="path (relative to the workspace) and a few facts each")
+    offset: int
+    next_offset: int | None = NEXT
+    total: int
+    note: str | None = None
+
+
 class LaunchResult(BaseModel):
     run_id: str
     run_name: str
     run_dir: str
+    kind: str = Field(description="train or score")
     pid: int
     status: str
-    config_path: str
+    config_path: str | None = None
     log_path: str
     message: str
 
@@ -98,11 +142,12 @@ class LaunchResult(BaseModel):
 class RunStatus(BaseModel):
     run_id: str
     name: str | None = None
+    kind: str | None = None
     status: str | None = None
     run_dir: str
     pid: int | None = None
-    step: int | None = None
-    max_steps: int | None = None
+    step: int | None = Field(None, description="training step, or tasks scored for a score run")
+    max_steps: int | None = Field(None, description="the total: training steps, or tasks of a score run")
     started_at: float | None = None
     ended_at: float | None = None
     elapsed_s: float | None = None
@@ -110,6 +155,7 @@ class RunStatus(BaseModel):
     final_metrics: dict[str, float | None] = Field(default_factory=dict)
     latest_metrics: dict[str, float | None] = Field(default_factory=dict, description="last logged value of each metric")
     log_tail: list[str] = Field(default_factory=list, description="last lines of train.log when the run failed")
+    note: str | None = None
 
 
 class WaitResult(RunStatus):
@@ -118,11 +164,13 @@ class WaitResult(RunStatus):
     message: str
 
 
-class LogTail(BaseModel):
+class LogPage(BaseModel):
     run_id: str
     path: str
-    lines: list[str]
-    truncated: bool
+    text: str
+    offset: int = Field(description="byte offset of this page in train.log")
+    next_offset: int | None = NEXT
+    size: int = Field(description="train.log's size in bytes")
 
 
 class CancelResult(BaseModel):
@@ -131,15 +179,6 @@ class CancelResult(BaseModel):
     was_running: bool
     signal: str | None
     message: str
-
-
-class ScoreOutput(BaseModel):
-    run_id: str
-    run_dir: str
-    benchmark: str
-    scored: str = Field(description="the model name or run that was scored")
-    num_tasks: int
-    metrics: dict[str, float | None]
 
 
 class ConclusionResult(BaseModel):
@@ -153,6 +192,8 @@ class QueryResult(BaseModel):
     columns: list[str]
     rows: list[list[Any]]
     row_count: int
+    offset: int
+    next_offset: int | None = NEXT
     truncated: bool
     note: str | None = None
 
@@ -165,3 +206,4 @@ class CompareResult(BaseModel):
         default_factory=dict, description="metric -> its final value in each run")
     deltas: dict[str, list[float | None]] = Field(
         default_factory=dict, description="metric -> value minus the first run's value, per run")
+    note: str | None = None

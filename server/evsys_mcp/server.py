@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,41 +18,49 @@ from typing import Any
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp_types import ToolAnnotations
+from pydantic import ConfigDict
 
 from evsys_core.errors import EvsysError, RunError
+from evsys_core.jobs import pages
 
-from . import paths
-from .readers import read_page
+from . import budget, paths
 from .tools import EvsysTools
 
 log = logging.getLogger("evsys_mcp")
 
-_RO = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-_RO_WAIT = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+def _hints(read_only: bool, destructive: bool, idempotent: bool, open_world: bool = False) -> ToolAnnotations:
+    return ToolAnnotations(read_only_hint=read_only, destructive_hint=destructive, idempotent_hint=idempotent,
+                           open_world_hint=open_world)
 
-# (tool name, annotations, writes or launches)
-TOOLS: list[tuple[str, ToolAnnotations, bool]] = [
-    ("list_runs", _RO, False),
-    ("read_summary", _RO, False),
-    ("get_metrics", _RO, False),
-    ("query_runs", _RO, False),
-    ("compare_runs", _RO, False),
-    ("validate_config", _RO, False),
-    ("run_status", _RO_WAIT, False),
-    ("wait_for_run", _RO_WAIT, False),
-    ("tail_log", _RO_WAIT, False),
-    ("write_config", ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
-                                     open_world_hint=False), True),
-    ("launch_run", ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                                   open_world_hint=True), True),
-    ("cancel_run", ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
-                                   open_world_hint=False), True),
-    ("score_benchmark", ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                                        open_world_hint=True), True),
-    ("record_conclusion", ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                                          open_world_hint=False), True),
+
+_RO = _hints(True, False, True)
+_RO_LIVE = _hints(True, False, False)  # reads a state that changes while a run goes on
+
+# (tool name, title, annotations, writes or launches)
+TOOLS: list[tuple[str, str, ToolAnnotations, bool]] = [
+    ("list_runs", "List runs", _RO, False),
+    ("best_runs", "Rank runs by a metric", _RO, False),
+    ("read_summary", "Read a run's summary", _RO, False),
+    ("get_metrics", "Get a run's metric curves", _RO, False),
+    ("plot_metrics", "Plot a run's learning curves", _RO, False),
+    ("query_runs", "Query the run index (SQL)", _RO, False),
+    ("compare_runs", "Compare runs", _RO, False),
+    ("list_configs", "List configs", _RO, False),
+    ("list_benchmarks", "List benchmarks", _RO, False),
+    ("validate_config", "Validate a config", _RO, False),
+    ("run_status", "Run status", _RO_LIVE, False),
+    ("wait_for_run", "Wait for a run", _RO_LIVE, False),
+    ("tail_log", "Read a run's log", _RO_LIVE, False),
+    # writing a file that exists needs overwrite=true, so a repeated call is refused: not idempotent
+    ("write_config", "Write a config", _hints(False, True, False), True),
+    ("launch_run", "Launch a training run", _hints(False, False, False, True), True),
+    ("cancel_run", "Cancel a run", _hints(False, True, True), True),
+    ("score_benchmark", "Score a model on a benchmark", _hints(False, False, False, True), True),
+    ("record_conclusion", "Record a conclusion", _hints(False, False, False), True),
 ]
-WRITE_TOOLS = frozenset(name for name, _, writes in TOOLS if writes)
+WRITE_TOOLS = frozenset(name for name, _, _, writes in TOOLS if writes)
+# arguments of which exactly one must be given
+ONE_OF: dict[str, tuple[str, ...]] = {"score_benchmark": ("model", "run")}
 
 INSTRUCTIONS = """\
 evsys trains and evaluates language models from YAML configs. Every run leaves a directory
@@ -64,18 +73,21 @@ AUTORESEARCH = """\
 You are running experiments with evsys through the evsys-mcp tools. Goal: {goal}
 
 Work in a loop, one experiment per iteration:
-1. Read what is known. list_runs (newest first) and query_runs, e.g.
-   SELECT r.name, r.status, c.text FROM runs r JOIN conclusions c ON c.run_id = r.id
+1. Read what is known. list_runs (newest first), best_runs for the metric you care about,
+   and query_runs, e.g.
+   SELECT r.name, r.status, c.text FROM runs r JOIN conclusions c ON c.run_id = r.run_id
    — read every past conclusion before deciding anything. Keep a short research log.
 2. Decide ONE change to test (one hyperparameter, one data or algorithm option) and say
    what you expect and why. Never repeat a run whose conclusion already answers the question.
-3. write_config to experiments/<short_name>.yaml (start from the best config so far), then
+3. write_config to experiments/<short_name>.yaml (start from the best config so far;
+   list_configs and list_benchmarks show what exists), then
    validate_config; fix every issue it reports before going on.
 4. launch_run (it returns at once), then wait_for_run until the status is final
    (call it again if it times out; tail_log shows the output, cancel_run stops a run that
    is clearly broken).
-5. Measure: read_summary and get_metrics; score_benchmark if the config has no in-loop
-   benchmark for what you care about; compare_runs against the best run so far.
+5. Measure: read_summary, get_metrics (or plot_metrics to see the curves); score_benchmark
+   (a detached score run: wait_for_run on it too) if the config has no in-loop benchmark for
+   what you care about; compare_runs against the best run so far.
 6. record_conclusion on the run: what changed, the numbers, whether the expectation held,
    and what to try next. A run without a conclusion is a wasted run.
 7. Go back to 1. Stop when the budget is spent or the last changes stopped helping, and end
@@ -100,14 +112,32 @@ def build_server(workspace: Path | str, max_concurrent_runs: int = 1, read_only:
     tools = EvsysTools(ws, max_concurrent_runs, **extra)
     server = MCPServer("evsys", instructions=INSTRUCTIONS.format(workspace=ws), version=_version(),
                        log_level="WARNING")
-    for name, annotations, writes in TOOLS:
+    for name, title, annotations, writes in TOOLS:
         if writes and read_only:
             continue
-        server.add_tool(getattr(tools, name), name=name, annotations=annotations)
+        server.add_tool(getattr(tools, name), name=name, title=title, annotations=annotations)
+        _strict(server, name)
+    # resources are read, not watched: do not advertise resources/subscribe
+    for method in ("resources/subscribe", "resources/unsubscribe"):
+        server._lowlevel_server._request_handlers.pop(method, None)
     _add_resources(server, tools)
     _add_prompt(server)
     server.evsys_tools = tools  # type: ignore[attr-defined]  # for tests and introspection
     return server
+
+
+def _strict(server: MCPServer, name: str) -> None:
+    """Refuse arguments the tool does not take (a typo is an error, not silently ignored), and
+    declare the arguments of which exactly one must be given."""
+    tool = server._tool_manager.get_tool(name)
+    base = tool.fn_metadata.arg_model
+    strict = type(base.__name__, (base,), {"model_config": ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                                           "__module__": base.__module__})
+    tool.fn_metadata.arg_model = strict
+    schema = strict.model_json_schema(by_alias=True)
+    if name in ONE_OF:
+        schema["oneOf"] = [{"required": [arg]} for arg in ONE_OF[name]]
+    tool.parameters = schema
 
 
 def _version() -> str:
@@ -133,9 +163,11 @@ def _resource_text(tools: EvsysTools, run_id: str, filename: str) -> str:
         safe = paths.confined_file(tools.workspace, path, filename)
     except EvsysError as e:
         raise ResourceError(str(e)) from e
-    text, total, cut = read_page(safe, 0, 1_000_000)
-    if len(text) < total or cut:
-        text += f"\n… [cut at {len(text)} characters; use read_summary or get_metrics to page]\n"
+    page = pages.read_bytes(safe, 0, budget.FIT_CHARS)
+    text = page.text.replace(str(tools.workspace) + os.sep, "")  # paths as the tools show them
+    if page.next_offset is not None:
+        text += (f"\n… [cut at {page.next_offset} of {page.size} bytes; read_summary and get_metrics page "
+                 "through the rest]\n")
     return text
 
 

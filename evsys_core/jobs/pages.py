@@ -1,4 +1,4 @@
-"""Bounded reads of run files: a page of a text file, the last lines of a log.
+"""Bounded reads of run files: a page of bytes of a text file, the last lines of a log.
 
 Nothing here reads more than a fixed number of bytes, however large the file, so a run that
 printed gigabytes cannot make the server answer with (or hold) gigabytes.
@@ -7,23 +7,55 @@ printed gigabytes cannot make the server answer with (or hold) gigabytes.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-MAX_FILE_BYTES = 16 * 1024 * 1024  # a page is cut from at most this much of a file
+MAX_FILE_BYTES = 16 * 1024 * 1024  # tail_lines searches at most this much of a file
 TAIL_BLOCK = 64 * 1024
 
 
-def read_page(path: Path, offset: int, max_chars: int) -> tuple[str, int, bool]:
-    """Characters [offset, offset+max_chars) of a text file.
+@dataclass
+class Page:
+    """Bytes [offset, next_offset) of a file, decoded; next_offset is None at the end."""
+    text: str
+    offset: int
+    next_offset: int | None
+    size: int
 
-    Returns (text, total_chars, file_was_cut) where total_chars counts the characters of the
-    first MAX_FILE_BYTES of the file and file_was_cut says the file is larger than that.
-    """
+
+def _whole_chars(data: bytes) -> bytes:
+    """`data` without a UTF-8 character cut at its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b & 0xC0 == 0x80:  # a continuation byte: keep looking for the lead byte
+            continue
+        need = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
+        return data if need <= back else data[:-back]
+    return data
+
+
+def read_bytes(path: Path, offset: int | None, max_bytes: int) -> Page:
+    """A page of at most `max_bytes` bytes of a text file. `offset=None` means the last page
+    (starting at a line boundary when there is one), for logs; pages never split a character."""
     with path.open("rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    cut = len(data) > MAX_FILE_BYTES
-    text = data[:MAX_FILE_BYTES].decode("utf-8", errors="replace")
-    return text[offset : offset + max_chars], len(text), cut
+        size = f.seek(0, os.SEEK_END)
+        if offset is None:
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(max_bytes)
+            if start > 0:
+                nl = data.find(b"\n")
+                if 0 <= nl < len(data) - 1:
+                    start, data = start + nl + 1, data[nl + 1:]
+        else:
+            start = min(max(0, offset), size)
+            f.seek(start)
+            data = f.read(max_bytes)
+    end = start + len(data)
+    if end < size:
+        data = _whole_chars(data)
+        end = start + len(data)
+    return Page(data.decode("utf-8", errors="replace"), start, end if end < size else None, size)
 
 
 def tail_lines(path: Path, lines: int, max_line_chars: int = 2000) -> tuple[list[str], bool]:
