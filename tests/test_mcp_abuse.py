@@ -171,7 +171,7 @@ def test_huge_run_files_give_bounded_answers(world):
                                                       "metrics": {f"k{i}": 1.0 for i in range(5_000)}})
     server = build_server(ws, poll_s=0.05)
     calls = [("run_status", {"run": "huge"}), ("wait_for_run", {"run": "huge", "timeout_s": 1}),
-             ("read_summary", {"run": "huge"}), ("tail_log", {"run": "huge", "lines": 1000}),
+             ("read_summary", {"run": "huge"}), ("tail_log", {"run": "huge", "max_bytes": 40_000}),
              ("list_runs", {}), ("get_metrics", {"run": "huge"}),
              ("compare_runs", {"runs": ["huge", "inside_run"]}),
              ("query_runs", {"sql": "SELECT * FROM metrics", "max_rows": 1000})]
@@ -183,14 +183,14 @@ def test_huge_run_files_give_bounded_answers(world):
     answers = anyio.run(go)
     for name, r in answers:
         assert not r.is_error, (name, r.content[0].text[:300])
-        size = len(json.dumps(r.structured_content))
-        assert size < 400_000, f"{name} answered {size} characters"
+        size = len(r.content[0].text)
+        assert size < 50_000, f"{name} answered {size} characters"
     status = dict(answers)["run_status"].structured_content
     assert len(status["error"]) < 5_000 and "more characters" in status["error"]
     assert status["step"] is None and status["pid"] is None
     assert len(status["final_metrics"]) <= 500 and len(status["latest_metrics"]) <= 500
     metrics = dict(answers)["get_metrics"].structured_content
-    assert len(metrics["series"]) <= 50 and len(metrics["available_keys"]) <= 500 and "keys=" in metrics["note"]
+    assert len(metrics["series"]) <= 20 and len(metrics["available_keys"]) <= 100 and "keys=" in metrics["note"]
 
 
 # --- thousands of calls ----------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_thousands_of_calls_leak_no_file_descriptors_or_threads(world):
     server = build_server(ws, poll_s=0.01)
     calls = [
         ("list_runs", {"limit": 3}), ("run_status", {"run": "outputs/inside_run"}),
-        ("read_summary", {"run": "outputs/inside_run", "max_chars": 50}), ("validate_config", {"path": "inside.yaml"}),
+        ("read_summary", {"run": "outputs/inside_run", "max_bytes": 50}), ("validate_config", {"path": "inside.yaml"}),
         ("query_runs", {"sql": "SELECT count(*) FROM metrics"}), ("tail_log", {"run": "outputs/inside_run"}),
         ("read_summary", {"run": "../escape"}), ("query_runs", {"sql": "DROP TABLE runs"}),
     ]

@@ -131,11 +131,13 @@ def test_full_research_loop_on_the_real_model(ws, tmp_path):
         run = out["launch"]["run_id"]
         out["wait"] = await tool("wait_for_run", run=run, timeout_s=600)
         if out["wait"]["status"] != "completed":
-            out["log"] = await tool("tail_log", run=run, lines=60)
+            out["log"] = await tool("tail_log", run=run)
             return out
         out["summary"] = await tool("read_summary", run=run)
         out["metrics"] = await tool("get_metrics", run=run)
         out["score"] = await tool("score_benchmark", benchmark="bench/val", run=run)
+        out["scored"] = await tool("wait_for_run", run=out["score"]["run_id"], timeout_s=600)
+        out["scores"] = await tool("list_runs", kind="score")
         out["query"] = await tool("query_runs", sql=(
             "SELECT r.name, m.key, m.value FROM runs r JOIN latest_metrics m ON m.run_id = r.run_id "
             f"WHERE r.run_id = '{run}' ORDER BY m.key"))
@@ -152,10 +154,15 @@ def test_full_research_loop_on_the_real_model(ws, tmp_path):
     assert "Status: completed" in out["summary"]["text"]
     keys = {s["key"] for s in out["metrics"]["series"]}
     assert "val/val/pass@1" in keys and any(k.startswith("train/") for k in keys)
-    assert out["score"]["num_tasks"] == 2 and "val/val/pass@1" in out["score"]["metrics"]
+    assert out["score"]["kind"] == "score" and out["score"]["status"] == "running"
+    scored = out["scored"]
+    assert scored["status"] == "completed" and scored["kind"] == "score", scored
+    assert scored["step"] == scored["max_steps"] == 2 and "val/val/pass@1" in scored["final_metrics"]
+    assert any("tasks 2/2" in m or "tasks" in m for m in progress)
     assert ["stdio_loop", "val/val/pass@1"] in [r[:2] for r in out["query"]["rows"]]
     listed = {r["id"]: r for r in out["list"]["runs"]}
     mine = listed[out["launch"]["run_id"]]
     assert mine["status"] == "completed" and "val/val/pass@1" in mine["metrics"]
     assert "end to end" in mine["conclusion"]
-    assert out["score"]["run_id"] in listed  # the score is a run of its own, indexed
+    assert out["score"]["run_id"] not in listed  # a score run is not a training run: not ranked with them
+    assert out["score"]["run_id"] in {r["id"] for r in out["scores"]["runs"]}  # but it is indexed

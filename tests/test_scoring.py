@@ -273,7 +273,8 @@ def test_score_a_runs_trained_weights(tmp_path, bench, service, tiny_model_dir):
     info, metrics = read_run(result.run_dir)
     assert info["parent_run_id"] == "run123" and info["algorithm"] == "score"
     assert info["model"] == str(tiny_model_dir)
-    assert info["score"]["model_path"] == str(saved.path)
+    assert info["score"]["model_path"] == "outputs/my_run/checkpoints/final"  # relative to the workspace
+    assert info["kind"] == "score" and info["step"] == info["max_steps"]  # progress: tasks scored of all
     assert info["score"]["max_tokens"] == 5
     assert set(metrics[0]["metrics"]) == {"heldout/caps/pass@1"}
     assert result.run_dir.name == "caps-my_run"

@@ -29,12 +29,32 @@ def size(obj: Any) -> int:
     return len(compact(obj))
 
 
+def escaped(s: str) -> int:
+    """Characters `s` takes in an answer (JSON escapes control characters as \\uXXXX)."""
+    return len(json.dumps(s, ensure_ascii=False)) - 2
+
+
 def text(v: Any, limit: int) -> str | None:
-    """A value read from a file as a bounded string."""
+    """A value read from a file as a string of at most ~`limit` characters in the answer."""
     if v is None:
         return None
     v = v if isinstance(v, str) else str(v)
-    return v if len(v) <= limit else v[:limit] + f"… [{len(v) - limit} more characters]"
+    if escaped(v) <= limit:
+        return v
+    keep = min(len(v), limit)
+    while keep and escaped(v[:keep]) > limit:
+        keep = keep * 3 // 4
+    return v[:keep] + f"… [{len(v) - keep} more characters]"
+
+
+def page(read: Any, offset: int | None, max_bytes: int, max_chars: int = FIT_CHARS) -> Any:
+    """`read(offset, max_bytes)` (a pages.Page), shortened until its text fits `max_chars`:
+    bytes that JSON escapes (control characters) take up to six characters each."""
+    p = read(offset, max_bytes)
+    while escaped(p.text) > max_chars and max_bytes > 1:
+        max_bytes = max(1, max_bytes * max_chars // (escaped(p.text) + 1) * 9 // 10)
+        p = read(p.offset, max_bytes)
+    return p
 
 
 def num(v: Any) -> float | None:
@@ -90,9 +110,9 @@ def metrics(d: Any, max_chars: int, keys: Iterable[str] | None = None) -> tuple[
     out: dict[str, float | None] = {}
     used = 2
     for k, v in d.items():
-        name = str(k)[:NAME_CHARS]
+        name = text(k, NAME_CHARS)
         value = short(v)
-        cost = len(name) + len(str(value)) + 6
+        cost = escaped(name) + len(str(value)) + 6
         if used + cost > max_chars:
             return out, len(d) - len(out)
         out[name] = value
@@ -111,9 +131,8 @@ def cell(v: Any, limit: int = CELL_CHARS) -> Any:
     if isinstance(v, (list, tuple)):
         return [cell(x, limit) for x in v[:100]]
     if isinstance(v, dict):
-        return {str(k)[:NAME_CHARS]: cell(x, limit) for k, x in list(v.items())[:100]}
-    s = v.hex() if isinstance(v, (bytes, bytearray)) else str(v)
-    return s if len(s) <= limit else s[:limit] + "…"
+        return {text(k, NAME_CHARS): cell(x, limit) for k, x in list(v.items())[:100]}
+    return text(v.hex() if isinstance(v, (bytes, bytearray)) else str(v), limit)
 
 
 def lines(items: list[str], max_chars: int, line_chars: int = 500) -> list[str]:
@@ -121,8 +140,8 @@ def lines(items: list[str], max_chars: int, line_chars: int = 500) -> list[str]:
     out: list[str] = []
     used = 0
     for line in reversed(items):
-        line = line if len(line) <= line_chars else line[:line_chars] + "…"
-        used += len(json.dumps(line)) + 1
+        line = text(line, line_chars)
+        used += escaped(line) + 3
         if used > max_chars:
             break
         out.append(line)

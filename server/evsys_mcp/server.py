@@ -163,7 +163,7 @@ def _resource_text(tools: EvsysTools, run_id: str, filename: str) -> str:
         safe = paths.confined_file(tools.workspace, path, filename)
     except EvsysError as e:
         raise ResourceError(str(e)) from e
-    page = pages.read_bytes(safe, 0, budget.FIT_CHARS)
+    page = budget.page(lambda o, n: pages.read_bytes(safe, o, n), 0, budget.FIT_CHARS)
     text = page.text.replace(str(tools.workspace) + os.sep, "")  # paths as the tools show them
     if page.next_offset is not None:
         text += (f"\n… [cut at {page.next_offset} of {page.size} bytes; read_summary and get_metrics page "

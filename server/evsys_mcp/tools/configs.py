@@ -36,9 +36,12 @@ class ConfigTools(Base):
         report = validate(path, deep=deep, workspace=self.workspace, overrides=overrides or ())
         data = report.model_dump(mode="json")
         total = len(data["errors"]) + len(data["warnings"])
+        room = budget.FIT_CHARS
         for key in ("errors", "warnings"):
-            data[key] = [{**i, "message": budget.text(i.get("message"), 1_000),
-                          "field": budget.text(i.get("field"), budget.NAME_CHARS) or ""} for i in data[key][:MAX_ISSUES]]
+            issues = [{**i, "message": budget.text(i.get("message"), 1_000), "file": budget.text(i.get("file"), 500),
+                       "field": budget.text(i.get("field"), budget.NAME_CHARS) or ""} for i in data[key][:MAX_ISSUES]]
+            data[key] = issues[:budget.fit(issues, room)]
+            room -= budget.size(data[key])
         out = ValidationReport.model_validate(data)
         out.config_path = self._rel(path)
         shown = len(out.errors) + len(out.warnings)

@@ -24,7 +24,7 @@ from .base import Base, Offset, RunRef
 MAX_CONCLUSION_CHARS = 20_000
 QUERY_TIMEOUT_S = 10.0
 MAX_SERIES = 20            # curves per get_metrics page
-MAX_TOTAL_POINTS = 2_000   # points per get_metrics answer, shared by its curves
+MAX_TOTAL_POINTS = 1_000   # points per get_metrics answer, shared by its curves (~26 characters each at most)
 MAX_LISTED_KEYS = 100
 IMAGE_BYTES = 30_000       # a PNG this size is ~40,000 characters of base64
 
@@ -121,7 +121,8 @@ class HistoryTools(Base):
             status = rundir.read_run_json(run_dir).get("status")
             raise RunError(f"run {run_id} has no summary.md yet (status {status}); it is written when the "
                            "run ends — wait_for_run returns once it is there, then read it again")
-        page = pages.read_bytes(paths.confined_file(self.workspace, path, "summary"), offset, max_bytes)
+        safe = paths.confined_file(self.workspace, path, "summary")
+        page = budget.page(lambda o, n: pages.read_bytes(safe, o, n), offset, max_bytes)
         return SummaryPage(run_id=run_id, path=self._rel(path), text=page.text, offset=page.offset,
                            next_offset=page.next_offset, size=page.size)
 
@@ -155,7 +156,7 @@ class HistoryTools(Base):
         offset: Offset = 0,
     ) -> MetricsResult:
         """Metric curves of a run as [step, value] pairs; up to 20 curves a page (next_offset for more),
-        ~15 characters a point, at most 2,000 points in all."""
+        ~15 characters a point, at most 1,000 points in all."""
         from evsys_core.history.reports import downsample
 
         run_id, curves, splits = self._curves(run, keys, split)
@@ -167,10 +168,11 @@ class HistoryTools(Base):
             points = [(int(p[0]), budget.short(p[1])) for p in curves[key]
                       if budget.integer(p[0]) is not None]
             kept = downsample(points, per_series)
-            series.append(MetricSeries(key=key[:budget.NAME_CHARS], points=kept, total_points=len(points),
+            series.append(MetricSeries(key=budget.text(key, budget.NAME_CHARS), points=kept, total_points=len(points),
                                        downsampled=len(kept) < len(points)))
         end = offset + len(shown)
-        listed = [k[:budget.NAME_CHARS] for k in sorted(names)[:MAX_LISTED_KEYS]]
+        listed = [budget.text(k, budget.NAME_CHARS) for k in sorted(names)[:MAX_LISTED_KEYS]]
+        listed = listed[:budget.fit(listed, 8_000)]
         note = None
         if len(names) > MAX_SERIES:
             note = f"{len(names)} metrics: this page shows {len(shown)}; pass next_offset as offset or keys=[...]"
@@ -224,8 +226,9 @@ class HistoryTools(Base):
         statement = check_readonly_sql(sql)
         with self._index() as idx:
             columns, rows, truncated = idx.query(statement, max_rows=offset + max_rows, timeout_s=QUERY_TIMEOUT_S)
-        columns = [str(c)[:budget.NAME_CHARS] for c in columns[:500]]
-        page = [[budget.cell(c) for c in row[:500]] for row in rows[offset:offset + max_rows]]
+        columns = [budget.text(str(c), budget.NAME_CHARS) for c in columns[:500]]
+        columns = columns[:budget.fit(columns, 10_000)]
+        page = [[budget.cell(c) for c in row[:len(columns)]] for row in rows[offset:offset + max_rows]]
         kept = budget.fit(page, budget.FIT_CHARS - budget.size(columns))
         more = truncated or kept < len(page)
         note = None
@@ -248,14 +251,14 @@ class HistoryTools(Base):
         ids = [self._resolve(r)[0] for r in runs]
         with self._index() as idx:
             cmp = idx.compare(ids)
-        config = [(str(d["key"])[:budget.NAME_CHARS], [budget.cell(v, 200) for v in d["values"]])
+        config = [(budget.text(str(d["key"]), budget.NAME_CHARS), [budget.cell(v, 200) for v in d["values"]])
                   for d in cmp.get("config", [])]
-        metrics = [(str(m["key"])[:budget.NAME_CHARS], [budget.short(v) for v in m["final"]],
+        metrics = [(budget.text(str(m["key"]), budget.NAME_CHARS), [budget.short(v) for v in m["final"]],
                     [budget.short(v) for v in m["delta"]]) for m in cmp.get("metrics", [])]
         rows = [self._row(r) for r in cmp["runs"]]
         room = budget.FIT_CHARS - budget.size([r.model_dump(mode="json") for r in rows])
         n_config = budget.fit(config, room // 3)
-        n_metrics = budget.fit([(k, f, d) for k, f, d in metrics], room - budget.size(config[:n_config]))
+        n_metrics = budget.fit([(k, f, k, d) for k, f, d in metrics], room - budget.size(config[:n_config]))
         note = None
         if n_config < len(config) or n_metrics < len(metrics):
             note = (f"showing {n_config} of {len(config)} config differences and {n_metrics} of {len(metrics)} "

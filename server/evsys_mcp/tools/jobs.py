@@ -125,8 +125,8 @@ class JobTools(Base):
         run_id, run_dir = self._resolve(run)
         path = run_dir / rundir.TRAIN_LOG
         safe = paths.confined_file(self.workspace, path, "log") if path.exists() else path
-        page = self.engine.logs(run_dir, offset, max_bytes, path=safe)
-        return LogPage(run_id=run_id, **page)
+        page = budget.page(lambda o, n: _Page(self.engine.logs(run_dir, o, n, path=safe)), offset, max_bytes)
+        return LogPage(run_id=run_id, **page.d)
 
     @tool_boundary
     async def cancel_run(
@@ -188,6 +188,13 @@ class JobTools(Base):
                 raise self._check_capacity_words(e) from None
             raise
         return self._launched(launch, f"scoring {model or self._rel(run_dir)} on {self._rel(bench)}")
+
+
+class _Page:
+    """An engine log page as budget.page reads it."""
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.d, self.text, self.offset = d, d["text"], d["offset"]
 
 
 async def _report(ctx: Context, done: float, total: float | None, message: str) -> None:
