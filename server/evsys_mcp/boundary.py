@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import re
 from typing import Any, Callable, TypeVar
 
@@ -52,11 +53,14 @@ def _bounded(text: str) -> str:
     return text[: budget.ERROR_CHARS - 60] + f"… [{len(text) - budget.ERROR_CHARS + 60} more characters]"
 
 
-def _translate(name: str, exc: Exception) -> ToolError:
-    if isinstance(exc, ToolError):
-        return ToolError(_bounded(tool_words(str(exc))))
-    if isinstance(exc, EvsysError):
-        return ToolError(_bounded(tool_words(str(exc))))
+def _translate(name: str, exc: Exception, owner: Any = None) -> ToolError:
+    if isinstance(exc, (ToolError, EvsysError)):
+        text = tool_words(str(exc))
+        workspace = getattr(owner, "workspace", None)
+        if workspace is not None:  # paths as the tools show them: relative to the workspace
+            text = text.replace(f"{workspace}{os.sep}", "").replace(f"outside the workspace {workspace}",
+                                                                     "outside the workspace")
+        return ToolError(_bounded(text))
     log.error("tool %s failed unexpectedly", name, exc_info=exc)
     return ToolError(
         f"internal error in {name}: {type(exc).__name__}: {str(exc)[:500]} "
@@ -88,7 +92,7 @@ def tool_boundary(fn: F) -> F:
             try:
                 return answer(name, await fn(*args, **kwargs))
             except Exception as exc:  # cancellation (BaseException) passes through untouched
-                raise _translate(name, exc) from exc
+                raise _translate(name, exc, args[0] if args else None) from exc
 
         return async_wrapper  # type: ignore[return-value]
 
@@ -97,6 +101,6 @@ def tool_boundary(fn: F) -> F:
         try:
             return answer(name, fn(*args, **kwargs))
         except Exception as exc:
-            raise _translate(name, exc) from exc
+            raise _translate(name, exc, args[0] if args else None) from exc
 
     return wrapper  # type: ignore[return-value]

@@ -117,8 +117,9 @@ def build_server(workspace: Path | str, max_concurrent_runs: int = 1, read_only:
             continue
         server.add_tool(getattr(tools, name), name=name, title=title, annotations=annotations)
         _strict(server, name)
-    # resources are read, not watched: do not advertise resources/subscribe
-    for method in ("resources/subscribe", "resources/unsubscribe"):
+    # resources are read, not watched, and the tool list never changes: advertise neither
+    # resources.subscribe nor change notifications (the listen stream is what grants them)
+    for method in ("resources/subscribe", "resources/unsubscribe", "subscriptions/listen"):
         server._lowlevel_server._request_handlers.pop(method, None)
     _add_resources(server, tools)
     _add_prompt(server)

@@ -114,7 +114,8 @@ class HistoryTools(Base):
         offset: Offset = 0,
         max_bytes: Annotated[int, Field(ge=1, le=40_000, description="page size in bytes (at most 40000)")] = 20_000,
     ) -> SummaryPage:
-        """A run's summary.md (status, final metrics, every evaluation), paged by bytes."""
+        """A run's summary.md (status, final metrics, every evaluation), paged by bytes (up to ~40,000
+        characters a page; next_offset reads on)."""
         run_id, run_dir = self._resolve(run)
         path = run_dir / rundir.SUMMARY
         if not path.is_file():
