@@ -38,7 +38,7 @@ def test_every_tool_and_parameter_is_described_for_an_agent(srv):
     assert tools["write_config"].annotations.idempotent_hint is False  # a second call is refused
     assert tools["cancel_run"].annotations.destructive_hint is True
     assert tools["run_status"].annotations.idempotent_hint is False  # its answer changes as a run goes on
-    for name in ("list_runs", "get_metrics", "query_runs", "read_summary", "tail_log", "compare_runs"):
+    for name in tools:
         assert re.search(r"\d[\d,]*\s+characters", tools[name].description), f"{name} does not say what it costs"
 
 

@@ -125,7 +125,8 @@ class Engine:
                               e.issues) from None
         except EvsysError as e:
             raise type(e)(f"{e}; nothing was launched") from None
-        args = ["run", str(config.resolve()), "--workspace", str(self.workspace)]
+        config = Path(getattr(cfg, "source_path", None) or config).resolve()  # where load_config found it
+        args = ["run", str(config), "--workspace", str(self.workspace)]
         for item in overrides:
             args += ["--set", item]
         record = dict(kind=TRAIN, algorithm=cfg.algorithm.kind, model=cfg.model.name, backend=cfg.backend.kind,

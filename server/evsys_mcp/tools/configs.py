@@ -65,7 +65,7 @@ class ConfigTools(Base):
                                                 "and the output directory")] = False,
     ) -> ValidationReport:
         """The `evsys validate --json` report of a config: ok, and every issue with file:line:column
-        (at most 40 shown)."""
+        (at most 40 shown, under ~45,000 characters)."""
         cfg = paths.config_path(self.workspace, path, must_exist=True)
         return self._validate(cfg, deep)
 
@@ -89,7 +89,8 @@ class ConfigTools(Base):
                                                      "run directory)")] = False,
     ) -> WriteConfigResult:
         """Validate a YAML config and, only if it is valid, write it atomically inside the workspace
-        (experiments/<name>.yaml for a bare name). Never writes inside a run directory."""
+        (experiments/<name>.yaml for a bare name). Never writes inside a run directory. Answers with its
+        validation report (under ~45,000 characters)."""
         paths.check_text(yaml_text, "yaml_text", MAX_YAML_CHARS)
         target = paths.config_path(self.workspace, path, must_exist=False)
         run_dir = self._inside_a_run(target)

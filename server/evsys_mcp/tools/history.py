@@ -275,7 +275,8 @@ class HistoryTools(Base):
         text: Annotated[str, Field(min_length=1, max_length=MAX_CONCLUSION_CHARS, description=(
             "what the run showed and what to try next, in a few sentences"))],
     ) -> ConclusionResult:
-        """Append a conclusion to the run's conclusion.md and the index (never replaces one)."""
+        """Append a conclusion to the run's conclusion.md and the index (never replaces one); answers in
+        ~200 characters."""
         from evsys_core.history.index import conclude
 
         paths.check_text(text, "text", MAX_CONCLUSION_CHARS)

@@ -92,7 +92,7 @@ class JobTools(Base):
         timeout_s: Annotated[float, Field(gt=0, le=MAX_WAIT_S, description="at most 600 s; call again to wait longer")] = 300,
     ) -> WaitResult:
         """Wait until a run (or score run) ends or timeout_s passes, with progress notifications (step of
-        total) meanwhile; answers as run_status does.
+        total) meanwhile; answers as run_status does (under ~35,000 characters).
 
         A timeout is not an error: the result says timed_out=true with the status at that moment.
         Cancelling this call never stops the run.
@@ -119,7 +119,8 @@ class JobTools(Base):
             "byte offset to read from (a previous next_offset); default: the last max_bytes of the log"))] = None,
         max_bytes: Annotated[int, Field(ge=1, le=40_000, description="page size in bytes (at most 40000)")] = 10_000,
     ) -> LogPage:
-        """A page of a launched run's train.log (its stdout and stderr), by bytes: the end by default."""
+        """A page of a launched run's train.log (its stdout and stderr), by bytes: the end by default
+        (up to ~40,000 characters a page; next_offset reads on)."""
         from evsys_core import rundir
 
         run_id, run_dir = self._resolve(run)
@@ -141,6 +142,7 @@ class JobTools(Base):
         (pid, start time, command line naming its directory) is ever signalled.
 
         Its status becomes interrupted; its files stay. Cancelling a finished run changes nothing.
+        Answers in ~200 characters.
         """
         _, run_dir = await anyio.to_thread.run_sync(self._resolve, run)
         grace = grace_s if grace_s is not None else self.cancel_grace_s
