@@ -136,17 +136,17 @@ class Agent:
             print(f"  still running (step {status['step']}/{status['max_steps']}), waiting again")
         waited = time.monotonic() - t0
         if status["status"] != "completed":
-            tail = await self.tool("tail_log", run=run, lines=15)
-            print("\n".join(tail["lines"]))
+            tail = await self.tool("tail_log", run=run, max_bytes=2000)
+            print(tail["text"])
             await self.tool("record_conclusion", run=run, text=f"lr {lr:g} did not complete "
                             f"({status['status']}: {status['error']}); fix before retrying")
             raise SystemExit(f"run {run} {status['status']}")
-        summary = await self.tool("read_summary", run=run, max_chars=600)
+        summary = await self.tool("read_summary", run=run, max_bytes=600)
         facts = [ln for ln in summary["text"].splitlines() if ln.startswith(("Status:", "Steps:"))]
         print(f"{status['status']} after {waited:.0f} s — summary.md: {' · '.join(facts)}")
         curves = await self.tool("get_metrics", run=run, keys=[PASS, LOSS])
         print("curves: " + " | ".join(
-            f"{c['key']} " + " -> ".join(fmt(p["value"]) for p in c["points"]) for c in curves["series"]))
+            f"{c['key']} " + " -> ".join(fmt(value) for _, value in c["points"]) for c in curves["series"]))
         metrics = {PASS: status["final_metrics"].get(PASS), LOSS: status["final_metrics"].get(LOSS)}
         verdict = "first data point"
         if best_lr is not None:
