@@ -110,13 +110,21 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+def _printer() -> Any:
+    """Progress lines on stderr, each only when it says something new."""
+    last: list[str] = [""]
 
     def show(done: float, total: float | None, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        if message != last[0]:
+            last[0] = message
+            print(message, file=sys.stderr, flush=True)
 
-    out = engine.wait(engine.resolve(args.run)[1], args.timeout, on_progress=show)
+    return show
+
+
+def _wait(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    out = engine.wait(engine.resolve(args.run)[1], args.timeout, on_progress=_printer())
     _print(out, args.json, [*_status_lines(out), out["message"]])
     if out["timed_out"]:
         return 3
@@ -125,11 +133,7 @@ def _wait(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace) -> int:
     engine = _engine(args)
-
-    def show(done: float, total: float | None, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    out = engine.cancel(engine.resolve(args.run)[1], args.grace, on_progress=show)
+    out = engine.cancel(engine.resolve(args.run)[1], args.grace, on_progress=_printer())
     _print(out, args.json, [out["message"]])
     return 0
 

@@ -34,6 +34,14 @@ def escaped(s: str) -> int:
     return len(json.dumps(s, ensure_ascii=False)) - 2
 
 
+def _kept(v: str, limit: int) -> int:
+    """How many leading characters of `v` take at most `limit` characters in the answer."""
+    keep = min(len(v), limit)
+    while keep and escaped(v[:keep]) > limit:
+        keep = keep * 3 // 4
+    return keep
+
+
 def text(v: Any, limit: int) -> str | None:
     """A value read from a file as a string of at most ~`limit` characters in the answer."""
     if v is None:
@@ -41,9 +49,7 @@ def text(v: Any, limit: int) -> str | None:
     v = v if isinstance(v, str) else str(v)
     if escaped(v) <= limit:
         return v
-    keep = min(len(v), limit)
-    while keep and escaped(v[:keep]) > limit:
-        keep = keep * 3 // 4
+    keep = _kept(v, limit)
     return v[:keep] + f"… [{len(v) - keep} more characters]"
 
 
@@ -132,7 +138,8 @@ def cell(v: Any, limit: int = CELL_CHARS) -> Any:
         return [cell(x, limit) for x in v[:100]]
     if isinstance(v, dict):
         return {text(k, NAME_CHARS): cell(x, limit) for k, x in list(v.items())[:100]}
-    return text(v.hex() if isinstance(v, (bytes, bytearray)) else str(v), limit)
+    s = v.hex() if isinstance(v, (bytes, bytearray)) else str(v)
+    return s if escaped(s) <= limit else s[:_kept(s, limit)] + "…"
 
 
 def lines(items: list[str], max_chars: int, line_chars: int = 500) -> list[str]:

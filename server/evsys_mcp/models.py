@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_serializer
 
+from evsys_core.validate import Report
+
 NEXT = Field(None, description="pass as `offset` to read the next page; null when this is the last")
 
 
@@ -92,23 +94,10 @@ class MetricsResult(BaseModel):
     note: str | None = None
 
 
-class ConfigIssue(BaseModel):
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-    field: str = ""
-    message: str
-    severity: str = "error"
+class ValidationReport(Report):
+    """The `evsys validate --json` report (evsys_core.validate.Report): ok when there are no
+    errors (warnings allowed), each issue with file, line, column, field and message."""
 
-
-class ValidationReport(BaseModel):
-    """The `evsys validate --json` report: ok when there are no errors (warnings allowed)."""
-
-    ok: bool
-    config_path: str
-    deep: bool = False
-    errors: list[ConfigIssue] = Field(default_factory=list)
-    warnings: list[ConfigIssue] = Field(default_factory=list)
     note: str | None = Field(None, description="set when issues were left out to fit the answer")
 
 

@@ -135,18 +135,27 @@ class ConfigTools(Base):
 
     def _confine_config(self, cfg: Any, source: str, verb: str) -> None:
         """Every path a config names (data, benchmarks, output) must stay inside the workspace."""
-        fields = [("data.path", cfg.data.path)]
-        fields += [(f"metadata.benchmark[{i}].path", b.path) for i, b in enumerate(cfg.metadata.benchmark)]
-        fields += [(f"callbacks[{i}].params.output_dir", c.params.output_dir) for i, c in enumerate(cfg.callbacks)]
-        for name, value in fields:
+        fields = [("data.path", "data.path", cfg.data.path)]
+        fields += [(f"metadata.benchmark[{i}].path", f"metadata.benchmark.{i}.path", b.path)
+                   for i, b in enumerate(cfg.metadata.benchmark)]
+        fields += [(f"callbacks[{i}].params.output_dir", f"callbacks.{i}.params.output_dir", c.params.output_dir)
+                   for i, c in enumerate(cfg.callbacks)]
+        for name, dotted, value in fields:
             resolved = (self.workspace / Path(value)).resolve()
             if not resolved.is_relative_to(self.workspace):
-                raise ToolError(f"{source}: {name} = {value} resolves outside the workspace; nothing was "
-                                f"{verb}. Use a path inside the workspace.")
+                raise ToolError(f"{self._where(cfg, dotted, source)}: {name} = {value} resolves outside the "
+                                f"workspace; nothing was {verb}. Use a path inside the workspace.")
         model = str(cfg.model.name)
         if not self._model_inside(model):
-            raise ToolError(f"{source}: model.name = {model} is a path outside the workspace; nothing was "
-                            f"{verb}. Use a model name or a model directory inside the workspace.")
+            raise ToolError(f"{self._where(cfg, 'model.name', source)}: model.name = {model} is a path outside the "
+                            f"workspace; nothing was {verb}. Use a model name or a model directory inside the workspace.")
+
+    @staticmethod
+    def _where(cfg: Any, field: str, source: str) -> str:
+        """file:line:column of a config field, as validate reports it."""
+        issue = cfg.issue(field, "")
+        where = ":".join(str(x) for x in (issue.file, issue.line, issue.column) if x is not None)
+        return where or source
 
     def _model_inside(self, model: str) -> bool:
         """False when `model` is a path (or a symlink inside the workspace) leading outside it."""
