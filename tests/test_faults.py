@@ -395,6 +395,9 @@ def test_full_disk_is_a_clear_error_before_training(tmp_path, tiny_model_dir, mo
 
     ws = workspace(tmp_path / "ws", tiny_model_dir, max_steps=1)
     (ws / "outputs").mkdir()
+    shutil.copytree(tiny_model_dir, ws / "model")  # the server refuses a model outside the workspace first
+    config = ws / "experiments" / "config.yaml"
+    config.write_text(config.read_text().replace(str(tiny_model_dir), "model"))
     before = sorted(ws.rglob("*"))
     real = os.statvfs
 

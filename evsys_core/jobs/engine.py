@@ -171,6 +171,8 @@ class Engine:
             lock_dir = self.workspace / ".evsys"
             try:
                 lock_dir.mkdir(exist_ok=True)
+                if lock_dir.is_symlink():  # never create files through a link planted in the workspace
+                    raise OSError(f"{lock_dir} is a symlink")
                 fd = os.open(lock_dir / "launch.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             except OSError:
                 fd = None  # a read-only workspace still launches (the in-process lock holds)

@@ -3,6 +3,7 @@ adding only argument checks, workspace confinement and answer bounds."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,24 +66,29 @@ class JobTools(Base):
             raise
         return self._launched(launch, "launched")
 
-    def _status(self, st: dict[str, Any]) -> RunStatus:
+    def _status(self, st: dict[str, Any], run_id: str) -> RunStatus:
         final, cut_f = budget.metrics(st.get("final_metrics"), METRICS_CHARS)
         latest, cut_l = budget.metrics(st.get("latest_metrics"), METRICS_CHARS)
         note = f"{cut_f + cut_l} metrics left out; get_metrics pages through all" if cut_f or cut_l else None
         return RunStatus(
-            run_id=budget.text(st.get("id"), 200) or "?", name=budget.text(st.get("name"), 200),
+            run_id=budget.text(st.get("id"), 200) or run_id, name=budget.text(st.get("name"), 200),
             kind=budget.text(st.get("kind"), 20), status=budget.text(st.get("status"), 100),
             run_dir=st.get("run_dir") or "", pid=budget.integer(st.get("pid")), step=budget.integer(st.get("step")),
             max_steps=budget.integer(st.get("max_steps")), started_at=budget.num(st.get("started_at")),
             ended_at=budget.num(st.get("ended_at")), elapsed_s=budget.num(st.get("elapsed_s")),
-            error=budget.text(st.get("error"), 4_000), final_metrics=final, latest_metrics=latest,
-            log_tail=budget.lines(list(st.get("log_tail") or []), LOG_TAIL_CHARS), note=note)
+            error=budget.text(self._shown(st.get("error")), 4_000), final_metrics=final, latest_metrics=latest,
+            log_tail=budget.lines([self._shown(x) for x in st.get("log_tail") or []], LOG_TAIL_CHARS), note=note)
+
+    def _shown(self, text: Any) -> Any:
+        """Text from a run's files with the workspace's own paths shown relative to it."""
+        return text.replace(f"{self.workspace}{os.sep}", "") if isinstance(text, str) else text
 
     @tool_boundary
     def run_status(self, run: RunRef) -> RunStatus:
         """A run's status, step of max_steps (tasks scored of all, for a score run), elapsed time, error,
         latest metrics, and the log's last lines when it failed (under ~35,000 characters)."""
-        return self._status(self.engine.status(self._resolve(run)[1]))
+        run_id, run_dir = self._resolve(run)
+        return self._status(self.engine.status(run_dir), run_id)
 
     @tool_boundary
     async def wait_for_run(
@@ -97,7 +103,7 @@ class JobTools(Base):
         A timeout is not an error: the result says timed_out=true with the status at that moment.
         Cancelling this call never stops the run.
         """
-        _, run_dir = await anyio.to_thread.run_sync(self._resolve, run)
+        run_id, run_dir = await anyio.to_thread.run_sync(self._resolve, run)
         start = time.monotonic()
         while True:
             st, done = await anyio.to_thread.run_sync(self.engine.poll, run_dir)
@@ -106,7 +112,7 @@ class JobTools(Base):
                 out = wait_result(st, not done, waited, timeout_s)
                 message = out["message"].replace("wait again", "call wait_for_run again").replace(
                     "or cancel it", "or cancel_run to stop it")
-                return WaitResult(**self._status(st).model_dump(), timed_out=out["timed_out"],
+                return WaitResult(**self._status(st, run_id).model_dump(), timed_out=out["timed_out"],
                                   waited_s=out["waited_s"], message=message)
             await _report(ctx, *self.engine.progress_of(st))
             await anyio.sleep(min(self.poll_s, max(0.0, timeout_s - waited)))
