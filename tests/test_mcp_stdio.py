@@ -20,7 +20,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from evsys_mcp.server import WRITE_TOOLS
+from evsys_mcp.server import TOOLS, WRITE_TOOLS
 
 EVSYS_MCP = Path(sys.executable).parent / "evsys-mcp"
 
@@ -87,7 +87,7 @@ def test_stdio_tools_list_and_calls(ws, tmp_path):
     tools, listed_in, write, bad, valid, query, runs = over_stdio(params(ws), errlog, flow)
     assert time.monotonic() - t0 < 30
     assert listed_in < 1.0  # tools/list itself answers at once
-    assert len(tools.tools) == 14
+    assert len(tools.tools) == len(TOOLS) == 18
     assert not write.is_error and write.structured_content["path"] == "experiments/first.yaml"
     assert (ws / "experiments" / "first.yaml").read_text() == CONFIG
     assert bad.is_error and "'..'" in bad.content[0].text
