@@ -76,7 +76,7 @@ def plan(cfg: Any) -> _Plan:
         _refuse(cfg, errors)
     benchmarks = [(spec, load_tasks(Path(spec.path))) for spec in cfg.metadata.benchmark]
     output_dir, run_name = output_of(cfg)
-    _check_writable(output_dir)
+    check_writable(output_dir)
     return _Plan(cfg, dataset, benchmarks, output_dir, run_name)
 
 
@@ -88,7 +88,7 @@ def _refuse(cfg: Any, errors: list[Any]) -> NoReturn:
                                  + [f"  {i}" for i in errors]), errors)
 
 
-def _check_writable(output_dir: Path) -> None:
+def check_writable(output_dir: Path) -> None:
     """Fail before training, with a clear message, if run files could not be written
     (an unwritable or missing-parent output directory, or a full disk)."""
     problem = rundir.output_dir_problem(output_dir)

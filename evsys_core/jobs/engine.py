@@ -108,9 +108,12 @@ class Engine:
     # --- launching ----------------------------------------------------------------------
 
     def launch_run(self, config: Path | str, overrides: Sequence[str] = (), run_name: str | None = None,
-                   check: Callable[[Any], None] | None = None) -> Launch:
+                   check: Callable[[Any], None] | None = None,
+                   deep_check: Callable[[Path, Sequence[str]], None] | None = None) -> Launch:
         """Check the config as `evsys run` would (loading it once), claim a run directory and
-        start `evsys run CONFIG --run-dir DIR` detached. `check(cfg)` may refuse it first."""
+        start `evsys run CONFIG --run-dir DIR` detached. `check(cfg)` may refuse it first;
+        `deep_check(config, overrides)` replaces the in-process deep check (`runner.plan`, which
+        runs the config's own code) for a caller that must not run it (the MCP server)."""
         from evsys_core import runner
         from evsys_core.config import load_config
 
@@ -119,7 +122,13 @@ class Engine:
             cfg = load_config(config, overrides, self.workspace)
             if check is not None:
                 check(cfg)
-            checked = runner.plan(cfg)
+            if deep_check is None:
+                checked = runner.plan(cfg)
+                output_dir, default_name = checked.output_dir, checked.run_name
+            else:
+                deep_check(Path(getattr(cfg, "source_path", None) or config), overrides)
+                output_dir, default_name = runner.output_of(cfg)
+                runner.check_writable(output_dir)  # this process writes the run's first files there
         except ConfigError as e:
             raise ConfigError(f"{shown_path(config, self.workspace)} is not valid, nothing was launched:\n{e}",
                               e.issues) from None
@@ -132,7 +141,7 @@ class Engine:
         record = dict(kind=TRAIN, algorithm=cfg.algorithm.kind, model=cfg.model.name, backend=cfg.backend.kind,
                       max_steps=getattr(cfg.algorithm.params, "max_steps", None),
                       config_path=shown_path(config, self.workspace))
-        return self._start(TRAIN, checked.output_dir, run_name or checked.run_name, args, record, config)
+        return self._start(TRAIN, output_dir, run_name or default_name, args, record, config)
 
     def launch_score(self, benchmark: Path | str, **options: Any) -> Launch:
         """Check a score as `evsys score` would and start it detached (kind "score")."""

@@ -30,11 +30,16 @@ Limit = Annotated[int, Field(ge=1, le=200, description="entries per page (1-200)
 class ConfigTools(Base):
 
     def _validate(self, path: Path, deep: bool, overrides: list[str] | None = None) -> ValidationReport:
-        """`evsys validate --json` for a confined path, shown relative to the workspace, bounded."""
-        from evsys_core.validate import validate
+        """`evsys validate --json` for a confined path, shown relative to the workspace, bounded.
+        A deep check runs the config's own code, so it runs in a child process (deepcheck.py)."""
+        if deep:
+            from ..deepcheck import deep_validate
 
-        report = validate(path, deep=deep, workspace=self.workspace, overrides=overrides or ())
-        data = report.model_dump(mode="json")
+            data = deep_validate(self.workspace, path, overrides or ())
+        else:
+            from evsys_core.validate import validate
+
+            data = validate(path, deep=False, workspace=self.workspace, overrides=overrides or ()).model_dump(mode="json")
         total = len(data["errors"]) + len(data["warnings"])
         room = budget.FIT_CHARS
         for key in ("errors", "warnings"):

@@ -59,12 +59,20 @@ class JobTools(Base):
         try:
             launch = self.engine.launch_run(cfg_path, overrides, run_name,
                                             check=lambda cfg: self._confine_config(cfg, self._rel(cfg_path),
-                                                                                   "launched"))
+                                                                                   "launched"),
+                                            deep_check=self._deep_check)
         except RunError as e:
             if "already running" in str(e):
                 raise self._check_capacity_words(e) from None
             raise
         return self._launched(launch, "launched")
+
+    def _deep_check(self, config: Path, overrides: Any) -> None:
+        """validate_config(deep=true) in a child process; refuse the launch on any error."""
+        report = self._validate(config, deep=True, overrides=list(overrides))
+        if not report.ok:
+            raise ToolError(f"{self._rel(config)} is not valid (deep check), nothing was launched:\n"
+                            f"{self._issues_text(report)}\nfix the config (validate_config shows the same report)")
 
     def _status(self, st: dict[str, Any], run_id: str) -> RunStatus:
         final, cut_f = budget.metrics(st.get("final_metrics"), METRICS_CHARS)
