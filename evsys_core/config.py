@@ -34,11 +34,11 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from evsys_core.errors import ConfigError
+from evsys_core.safefs import NAME_MAX_BYTES, SAFE_NAME, long_name
 from evsys_core.yamlmarks import Loaded, Mark, YAMLProblem, load_with_marks
 
 ALGORITHM_KINDS = ("sft", "sdft", "rl")
 METRIC_RE = re.compile(r"^pass@(\d+)$")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class Issue(BaseModel):
@@ -122,14 +122,11 @@ def _check_metric(metric: str) -> str:
 
 
 def _check_name(value: str | None) -> str | None:
-    if value is not None and not _SAFE_NAME.match(value):
+    if value is not None and not SAFE_NAME.fullmatch(value):
         raise PydanticCustomError(
             "invalid", f"{value!r} is not a usable name; use letters, digits, '.', '_' and '-' "
             "(it becomes a directory or file name)")
     return value
-
-
-NAME_MAX_BYTES = 255  # the longest file name most file systems take
 
 
 def _check_path(value: Any) -> Any:
@@ -139,8 +136,7 @@ def _check_path(value: Any) -> Any:
     if isinstance(value, str):
         if "\x00" in value:
             raise PydanticCustomError("invalid", "the path contains a NUL byte; remove it")
-        long = next((part for part in value.replace("\\", "/").split("/")
-                     if len(part.encode()) > NAME_MAX_BYTES), None)
+        long = long_name(value)
         if long is not None:
             raise PydanticCustomError(
                 "invalid", f"the path has a name of {len(long.encode())} bytes ({long[:20]}...); file "
@@ -226,7 +222,7 @@ class TrainParams(_Section):
     epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     lora_rank: int = Field(8, ge=1)
-    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_every: int | None = Field(None, ge=0)  # None: evsys_core.checkpoints' default cadence
     user_template: str = "{question}"
     system_prompt: str | None = None
     grad_clip_norm: float = Field(0.0, ge=0, allow_inf_nan=False)

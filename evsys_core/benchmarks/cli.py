@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import RunError, UsageError
 
 
@@ -56,9 +56,6 @@ class _Target:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
 def _resolve(workspace: Path, p: str | Path) -> Path:
     path = Path(p).expanduser()
     return path if path.is_absolute() else workspace / path
@@ -89,17 +86,17 @@ def _run_target(run_dir: Path, backend: str | None) -> _Target:
     if info.get("status") == rundir.ACTIVE:
         raise RunError(f"{run_dir}: the run is still running (pid {info.get('pid')}); wait for "
                        "it to finish, or score a checkpoint after it ends")
+    from evsys_core import checkpoints
+
     ckpts = run_dir / rundir.CHECKPOINTS
     model_path = None
-    latest = ckpts / "latest.json"
-    if latest.is_file():
-        try:
-            pointer = json.loads(latest.read_text())
-            if pointer.get("name") == "final":
-                model_path = str(pointer["path"])
-        except (OSError, ValueError, KeyError, AttributeError):
-            pass
-    if model_path is None and (ckpts / "final").exists():
+    try:
+        found = checkpoints.latest(run_dir)
+    except RunError:
+        found = None
+    if found and found[1].startswith("tinker://") and found[2] == "final":
+        model_path = found[1]
+    elif (ckpts / "final").exists():
         model_path = str(ckpts / "final")
     if model_path is None:
         raise RunError(f"{run_dir}: no final checkpoint ({ckpts / 'final'} is missing; the run's "
@@ -202,7 +199,7 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
     )
     for what, value in (("benchmark name (--name, else the directory name)", spec.name),
                         ("split (--split)", spec.split)):
-        if not _SAFE_NAME.fullmatch(str(value)):
+        if not safefs.SAFE_NAME.fullmatch(str(value)):
             raise UsageError(f"{what} {value!r}: use only letters, digits, '.', '_' and '-'; "
                              "it becomes part of the metric keys <split>/<name>/<metric>")
     n, temp, max_tok = sampling_settings(spec)  # ConfigError on metrics/num_samples mismatch
@@ -212,12 +209,12 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
     tasks = [task for _, task in numbered]
 
     out_dir = _resolve(workspace, output) if output else workspace / "outputs" / "scores"
-    problem = rundir.output_dir_problem(out_dir)
+    problem = rundir.output_dir_problem(out_dir, workspace)
     if problem:
         raise RunError(f"cannot write the score's run directory under {out_dir}: {problem}; "
                        "pass --output a writable directory")
     who = target.parent_dir.name if target.parent_dir else _slug(target.model.split("/")[-1])
-    run_dir = rundir.claim_run_dir(out_dir, f"{_slug(spec.name)}-{who}")
+    run_dir = rundir.claim_run_dir(out_dir, f"{_slug(spec.name)}-{who}", workspace)
     from evsys_core.callbacks import LocalLogger
 
     now = time.time()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import RunError
 
 log = logging.getLogger("evsys_mcp.launch")
@@ -53,7 +53,7 @@ def write_provisional_run_json(run_dir: Path, info: dict[str, Any]) -> bool:
     Uses link(2), which fails if the target exists, so the child's file always wins.
     """
     tmp = run_dir / f".run.json.provisional.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    safefs.write_new(tmp, json.dumps(info, indent=2, default=str) + "\n", run_dir)
     try:
         os.link(tmp, run_dir / rundir.RUN_JSON)
         return True
@@ -97,7 +97,7 @@ class RunLauncher:
     def spawn(self, workspace: Path, config: Path, run_dir: Path, overrides: list[str]) -> subprocess.Popen:
         cmd = run_command(workspace, config, run_dir, overrides)
         log_path = run_dir / rundir.TRAIN_LOG
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = safefs.open_fd(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, run_dir)
         try:
             os.write(fd, f"# evsys-mcp launched at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: "
                          f"{shlex.join(cmd)}\n".encode())
@@ -128,7 +128,7 @@ def _mark_failed_before_start(run_dir: Path, code: int) -> None:
     info.update(status="failed", ended_at=info.get("ended_at") or time.time(),
                 error=f"the run exited with code {code} before training started: {last[:500]} "
                       "(see tail_log for the whole output)")
-    rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info)
+    rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info, run_dir)
 
 
 def _is_evsys_process(pid: int) -> bool:
@@ -204,5 +204,5 @@ def terminate_run(run_dir: Path, launcher: RunLauncher, grace_s: float) -> tuple
     if info.get("status") == rundir.ACTIVE or (info.get("status") == "failed" and ended >= sent_at):
         info.update(status="interrupted", ended_at=info.get("ended_at") or time.time(),
                     error=f"cancelled with cancel_run ({used})")
-        rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info)
+        rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info, run_dir)
     return info, used
