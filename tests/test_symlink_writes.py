@@ -121,7 +121,7 @@ def test_run_and_score_refuse_an_output_dir_linked_out(world, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_resume_never_writes_through_links_planted_in_the_run_dir(world, tiny_model_dir):
+def test_resume_never_writes_through_links_planted_in_the_run_dir(world, tiny_model_dir, capsys):
     """Links to outside files are replaced, never written through; a linked folder stops the run."""
     ws, out = world["ws"], world["out"]
     cfg = _config(ws, tiny_model_dir)
@@ -142,6 +142,7 @@ def test_resume_never_writes_through_links_planted_in_the_run_dir(world, tiny_mo
             shutil.rmtree(run_dir / planted)
             (run_dir / planted).symlink_to(out / f"{n}-{planted}")
         before = tree(out)
+        capsys.readouterr()
         code = evsys_main(["run", "--resume", str(run_dir), "--set", "algorithm.params.max_steps=3",
                            "--workspace", str(ws)])
         assert tree(out) == before, planted
@@ -149,8 +150,10 @@ def test_resume_never_writes_through_links_planted_in_the_run_dir(world, tiny_mo
         if planted == "files":
             assert code == 0 and status["status"] == "completed"
             assert not (run_dir / rundir.METRICS).is_symlink()  # a file of the run's own now
-        else:
-            assert code != 0 and "outside" in status["error"], status
+        else:  # refused before it starts (the run left as it was), or at the first write there
+            said = capsys.readouterr().err + (status["error"] or "")
+            assert code != 0 and status["status"] in ("interrupted", "failed"), status
+            assert f"{planted} leads to" in said and "outside" in said, said
 
 
 def test_mcp_over_stdio_writes_nothing_through_planted_links(world, tmp_path):
