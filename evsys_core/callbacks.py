@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evsys_core import rundir, safefs
+from evsys_core.stats import format_metrics, is_companion
 
 
 class LocalLogger:
@@ -89,10 +90,13 @@ class LocalLogger:
         if error:
             lines += ["", f"Error: {error}"]
         lines += ["", "## Final metrics", ""]
-        lines += [f"- {k}: {format_value(v)}" for k, v in sorted(final.items())] or ["- (none)"]
+        lines += [f"- {k}: {v}" for k, v in sorted(format_metrics(final).items())] or ["- (none)"]
         lines += ["", "## Evaluations", ""]
-        lines += [f"- step {step}: " + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(m.items()))
+        lines += [f"- step {step}: " + "; ".join(f"{k}={v}" for k, v in sorted(format_metrics(m).items()))
                   for step, m in self.evals] or ["- (none)"]
+        if self.evals:
+            lines += ["", "± is the 95% interval over tasks (1.96 standard errors); "
+                      "`evsys compare` tells whether two runs differ."]
         if curve:
             lines += ["", f"![learning curve]({curve})"]
         return "\n".join(lines) + "\n"
@@ -112,7 +116,7 @@ class LocalLogger:
         series: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
             for k, v in row["metrics"].items():
-                if isinstance(v, (int, float)):
+                if isinstance(v, (int, float)) and not is_companion(k):
                     series.setdefault(k, []).append((row["step"], v))
         fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.6))
         for k, pts in series.items():
@@ -156,9 +160,9 @@ class Progress:
         if step != self._eval_step:
             self._eval_step, self._evals = step, {}
         self._evals.update(metrics)
-        self.last_eval = " ".join(f"{k} {format_value(v)}" for k, v in self._evals.items())
+        self.last_eval = " ".join(f"{k} {v}" for k, v in format_metrics(self._evals).items())
         if not self.live:
-            text = " ".join(f"{k} {format_value(v)}" for k, v in metrics.items())
+            text = " · ".join(f"{k} {v}" for k, v in format_metrics(metrics).items())
             print(f"eval step {step}: {text}", file=self.stream, flush=True)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
@@ -195,10 +199,6 @@ def disk_full(run_dir: Path) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 1 << 20
-
-
-def format_value(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def format_duration(seconds: float) -> str:

@@ -27,6 +27,7 @@ from typing import Any, NoReturn, Sequence
 
 from evsys_core import rundir
 from evsys_core.errors import ConfigError, EvsysError, RunError
+from evsys_core.stats import format_metrics
 
 
 @dataclass
@@ -289,7 +290,7 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
     print(f"Status: {status}", file=out)
     if error:
         print(f"Error: {error}", file=out)
-    print(f"Metrics: {metrics}", file=out)
+    print(f"Metrics: {format_metrics(metrics)}", file=out)
     print(f"Logs: {rel} (metrics.jsonl, predictions/, summary.md)", file=out, flush=True)
     return RunResult(status, metrics, run_dir, logger.info["id"], error)
 

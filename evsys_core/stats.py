@@ -16,8 +16,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 ALPHA = 0.05
 Z95 = 1.959963984540054           # the standard normal's 97.5% quantile
 EXACT_FLIPS = 16                  # up to 2**16 sign vectors are enumerated
@@ -28,11 +26,14 @@ N_TASKS = "n_tasks"
 
 def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
     """(mean, standard error of the mean): sd with ddof=1 over sqrt(n); stderr NaN for n < 2."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
+    x = [float(v) for v in values]
+    n = len(x)
+    if n == 0:
         raise ValueError("no values to average")
-    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-    return float(x.mean()), se
+    mean = math.fsum(x) / n
+    if n < 2:
+        return mean, math.nan
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in x) / (n - 1) / n)
 
 
 def ci95(mean: float, stderr: float) -> tuple[float, float]:
@@ -109,6 +110,8 @@ def exact_mcnemar(b: int, c: int) -> float:
 def sign_flip_p(diffs: Sequence[float], seed: int = 0, draws: int = FLIP_DRAWS) -> tuple[float, str]:
     """Two-sided p-value of the paired sign-flip test on |sum of differences|, and its kind:
     exact enumeration up to EXACT_FLIPS non-zero differences, else `draws` seeded flips."""
+    import numpy as np  # here, so that commands that only print scores do not load numpy
+
     d = np.asarray(diffs, dtype=float)
     d = d[d != 0]
     if d.size == 0:
@@ -155,16 +158,16 @@ def paired_compare(base: Mapping[str, Sequence[float]], cand: Mapping[str, Seque
         empty = [t for t in shared if len(scores[t]) == 0]
         if empty:
             raise ValueError(f"{side}: task {empty[0]!r} has no scores")
-    b = np.array([float(np.mean(base[t])) for t in shared])
-    c = np.array([float(np.mean(cand[t])) for t in shared])
-    d = c - b
+    b = [mean_stderr(base[t])[0] for t in shared]
+    c = [mean_stderr(cand[t])[0] for t in shared]
+    d = [y - x for x, y in zip(b, c)]
     delta, se = mean_stderr(d)
     lo, hi = ci95(delta, se)
     single = all(len(base[t]) == 1 and len(cand[t]) == 1 for t in shared)
-    if single and np.isin(b, (0.0, 1.0)).all() and np.isin(c, (0.0, 1.0)).all():
-        p, test = exact_mcnemar(int(np.sum(d < 0)), int(np.sum(d > 0))), "mcnemar exact"
+    if single and set(b) | set(c) <= {0.0, 1.0}:
+        p, test = exact_mcnemar(sum(v < 0 for v in d), sum(v > 0 for v in d)), "mcnemar exact"
     else:
         p, test = sign_flip_p(d, seed=seed)
     verdict = "inconclusive" if not p < alpha else ("better" if delta > 0 else "worse")
-    return Paired(float(b.mean()), float(c.mean()), delta, lo, hi, p, test, len(shared), verdict,
-                  len(set(base) - set(cand)), len(set(cand) - set(base)))
+    return Paired(mean_stderr(b)[0], mean_stderr(c)[0], delta, lo, hi, p, test, len(shared),
+                  verdict, len(set(base) - set(cand)), len(set(cand) - set(base)))

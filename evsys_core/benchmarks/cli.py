@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from evsys_core import rundir, safefs
 from evsys_core.errors import RunError, UsageError
+from evsys_core.stats import format_metrics
 
 
 @dataclass
@@ -42,7 +43,7 @@ class _Spec:
     split: str = "val"
     metrics: list[str] = field(default_factory=lambda: ["pass@1"])
     num_samples: int | None = None
-    max_tokens: int | None = 64
+    max_tokens: int | None = None
     temperature: float | None = None
 
 
@@ -194,7 +195,7 @@ def score_benchmark(workspace: str | Path, benchmark_dir: str | Path, *,
         split=split or entry.get("split") or "val",
         metrics=list(metrics or entry.get("metrics") or ["pass@1"]),
         num_samples=num_samples if num_samples is not None else entry.get("num_samples"),
-        max_tokens=max_tokens if max_tokens is not None else entry.get("max_tokens", 64),
+        max_tokens=max_tokens if max_tokens is not None else entry.get("max_tokens"),
         temperature=temperature if temperature is not None else entry.get("temperature"),
     )
     for what, value in (("benchmark name (--name, else the directory name)", spec.name),
@@ -302,7 +303,7 @@ def _handle(args: argparse.Namespace) -> int:
                           "status": "completed", "metrics": result.metrics}))
     else:
         print("Status: completed")
-        print(f"Metrics: {result.metrics}")
+        print(f"Metrics: {format_metrics(result.metrics)}")
         print(f"Logs: {result.run_dir} (metrics.jsonl, predictions/, summary.md)")
     return 0
 
