@@ -286,8 +286,9 @@ class Index:
              by: str = "final", limit: int | None = 5) -> list[dict[str, Any]]:
         return self._read(lambda con: reports.best(con, metric, maximize, where, by, limit))
 
-    def compare(self, runs: Sequence[str]) -> dict[str, Any]:
-        return self._read(lambda con: reports.compare(con, self.workspace, runs))
+    def compare(self, base: str, cand: str, metric: str | None = None,
+                step: int | None = None) -> dict[str, Any]:
+        return self._read(lambda con: reports.compare(con, self.workspace, base, cand, metric, step))
 
     def curves(self, run: str, keys: Sequence[str] | None = None, split: str | None = None,
                max_points: int | None = None) -> dict[str, Any]:

@@ -26,13 +26,15 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from evsys_core import rundir, safefs
+from evsys_core.benchmarks.passk import METRIC_PATTERN
 from evsys_core.errors import ConfigError, EvsysError, RunError
+from evsys_core.stats import format_metrics
 
 from . import paths
 from .boundary import tool_boundary
 from .launch import RunLauncher, terminate_run, write_provisional_run_json
 from .models import (
-    CancelResult, CompareResult, ConclusionResult, LaunchResult, LogTail,
+    CancelResult, CompareResult, ConclusionResult, LaunchResult, LogTail, MetricComparison,
     MetricPoint, MetricSeries, MetricsResult, QueryResult, RunList, RunRow, RunStatus,
     ScoreOutput, SummaryPage, ValidationReport, WaitResult, WriteConfigResult,
 )
@@ -225,8 +227,8 @@ class EvsysTools:
             step=_int(info.get("step")), max_steps=_int(info.get("max_steps")), started_at=started,
             ended_at=ended, elapsed_s=round((ended or time.time()) - started, 1) if started else None,
             error=_text(info.get("error"), MAX_ERROR_CHARS),
-            final_metrics=_metrics_dict(info.get("final_metrics")),
-            latest_metrics=self._latest_metrics(run_dir), log_tail=log_tail,
+            final_metrics=(final := _metrics_dict(info.get("final_metrics"))),
+            scores=format_metrics(final), latest_metrics=self._latest_metrics(run_dir), log_tail=log_tail,
         )
 
     def _latest_metrics(self, run_dir: Path) -> dict[str, float | None]:
@@ -376,22 +378,27 @@ class EvsysTools:
     def compare_runs(
         self,
         runs: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(
-            min_length=2, max_length=10, description="2 to 10 run references")],
+            min_length=2, max_length=2, description="[BASE, CAND]: two run references")],
+        metric: Annotated[str | None, Field(max_length=300, description="only this metric key")] = None,
+        step: Annotated[int | None, Field(ge=0, description="evaluation step in both runs (default: each run's final)")] = None,
     ) -> CompareResult:
-        """Config differences and final-metric deltas between runs (relative to the first)."""
-        ids = [self._resolve(r)[0] for r in runs]
+        """Is CAND better than BASE? Config differences and, per shared metric, both values and the delta;
+        eval metrics are paired task by task with a 95% CI, p-value and verdict (better/worse/inconclusive)."""
+        base, cand = (self._resolve(r)[0] for r in runs)
         with self._index() as idx:
-            cmp = idx.compare(ids)
+            cmp = idx.compare(base, cand, metric=metric, step=step)
         return self._comparison(cmp)
 
     def _comparison(self, cmp: dict[str, Any]) -> CompareResult:
         config = cmp.get("config", [])[:MAX_METRIC_KEYS]
         metrics = cmp.get("metrics", [])[:MAX_METRIC_KEYS]  # bounded however many a run logged
+        fields = set(MetricComparison.model_fields)
         return CompareResult(
             runs=[self._row(r) for r in cmp["runs"]],
             config_diff={str(d["key"])[:200]: [_jsonable(v) for v in d["values"]] for d in config},
-            metrics={str(m["key"])[:200]: [_num(v) for v in m["final"]] for m in metrics},
-            deltas={str(m["key"])[:200]: [_num(v) for v in m["delta"]] for m in metrics},
+            alpha=cmp["alpha"], note=cmp["note"],
+            metrics=[MetricComparison(**{k: (_num(v) if isinstance(v, float) else v)
+                                         for k, v in m.items() if k in fields}) for m in metrics],
         )
 
     @tool_boundary
@@ -671,7 +678,7 @@ class EvsysTools:
         ctx: Context,
         model: Annotated[str | None, Field(max_length=300, description="a base model to score")] = None,
         run: Annotated[str | None, Field(max_length=1024, description="a finished run whose final weights to score")] = None,
-        metrics: Annotated[list[Annotated[str, Field(pattern=r"^(pass@[1-9][0-9]{0,2}|mean_score)$")]] | None,
+        metrics: Annotated[list[Annotated[str, Field(pattern=METRIC_PATTERN)]] | None,
                            Field(max_length=10, description="e.g. ['pass@1', 'mean_score']")] = None,
         num_samples: Annotated[int | None, Field(ge=1, le=64)] = None,
     ) -> ScoreOutput:
@@ -696,7 +703,8 @@ class EvsysTools:
         result = await self._with_heartbeat(ctx, work, "scoring")
         return ScoreOutput(run_id=str(result.run_id), run_dir=self._rel(result.run_dir),
                            benchmark=self._rel(bench), scored=model or self._rel(run_dir),
-                           num_tasks=int(getattr(result, "num_tasks", 0)), metrics=_metrics_dict(result.metrics))
+                           num_tasks=int(getattr(result, "num_tasks", 0)), metrics=_metrics_dict(result.metrics),
+                           scores=format_metrics(_metrics_dict(result.metrics)))
 
     @staticmethod
     async def _with_heartbeat(ctx: Context, fn: Any, what: str) -> Any:
