@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from evsys_core import stats
 from evsys_core.cli import main
 from evsys_core.history.index import open_index
 from history_fixtures import config_yaml, make_run
@@ -24,8 +25,8 @@ def eval_run(out: Path, name: str, passed: int, n: int = 300, step: int = 4, lr:
     rows, preds = [], []
     for s, k in ((2, early if early is not None else passed), (step, passed)):
         rows.append({"step": s, "split": "train", "metrics": {"train/mean_loss": 1.0 / s + lr}})
-        rows.append({"step": s, "split": "val", "metrics": {
-            "val/val/pass@1": k / n, "val/val/pass@1_stderr": 0.0, "val/val/n_tasks": n}})
+        rows.append({"step": s, "split": "val", "metrics": stats.with_uncertainty(
+            "val/val/", {"pass@1": [float(i < k) for i in range(n)]})})
         preds += [{"step": s, "task_id": f"t{i:03d}", "instruction": "q", "sample": 0,
                    "answer": "a", "score": float(i < k), "passed": i < k, "reason": None}
                   for i in range(n)]
@@ -114,3 +115,20 @@ def test_mcp_compare_runs_answers_the_same(ws, capsys):
         {k: want[k] for k in ("delta", "p_value", "ci_low", "n_tasks", "test")}
     assert [r["name"] for r in out["runs"]] == ["half", "three-quarters"]
     assert "at most 2 items" in err(srv, "compare_runs", runs=["half", "eight", "nine"])
+
+
+def test_show_runs_and_best_treat_stderr_and_n_tasks_as_companions(ws, capsys):
+    code, out, _ = cli(capsys, "show", "nine", "--workspace", str(ws))
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("val/val/pass@1"))
+    assert "0.818 ± 0.239 (95% CI, 11 tasks)" in line
+    assert "pass@1_stderr" not in out and "val/val/n_tasks" not in out
+    shown = json.loads(cli(capsys, "show", "nine", "--json", "--workspace", str(ws))[1])
+    keys = {m["key"]: m for m in shown["metrics"]}
+    assert keys["val/val/n_tasks"]["final"] == 11 and keys["val/val/n_tasks"]["shown"] is None
+    assert keys["val/val/pass@1_stderr"]["final"] == pytest.approx(
+        stats.mean_stderr([1.0] * 9 + [0.0] * 2)[1])
+    header = cli(capsys, "runs", "--workspace", str(ws))[1].splitlines()[0].split()
+    assert "val/val/pass@1" in header and not any(h.endswith(("_stderr", "n_tasks")) for h in header)
+    best = json.loads(cli(capsys, "best", "val/val/pass@1", "--json", "--workspace", str(ws))[1])
+    assert [r["name"] for r in best] == ["nine", "three-quarters", "eight", "half"]  # by pass@1

@@ -114,6 +114,7 @@ def _index(args: argparse.Namespace):
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
+    from evsys_core.stats import is_companion
 
     rows = _index(args).runs(where=args.where, sort=args.sort, limit=args.limit)
     if args.json:
@@ -126,7 +127,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for r in rows:
         for k in r["metrics"]:
-            counts[k] = counts.get(k, 0) + 1
+            if not is_companion(k):  # K_stderr and n_tasks stay in --json
+                counts[k] = counts.get(k, 0) + 1
     keys = sorted(counts, key=lambda k: (-counts[k], k))[:MAX_METRIC_COLUMNS]
     keys.sort()
     cols = ["name", "status", "algorithm", "model", "steps", *keys, "age"]
@@ -167,13 +169,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     if info["config"]:
         print("\nconfig")
         tables.print_pairs(list(flatten(info["config"]).items()))
-    if info["metrics"]:
+    scores = [m for m in info["metrics"] if m["shown"] is not None]  # K_stderr, n_tasks folded in
+    if scores:
         print()
         tables.print_table(
             ["metric", "final", "at step", "max", "max step", "min", "min step", "points"],
-            [[m["key"], m["final"], m["final_step"], m["max_value"], m["max_step"],
-              m["min_value"], m["min_step"], m["n"]] for m in info["metrics"]],
-            title="metrics")
+            [[m["key"], m["shown"], m["final_step"], m["max_value"], m["max_step"],
+              m["min_value"], m["min_step"], m["n"]] for m in scores],
+            title="metrics (± is the 95% interval over tasks)", max_width=90)
     if info["predictions"]:
         print()
         tables.print_table(

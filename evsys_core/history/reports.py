@@ -271,6 +271,10 @@ def show(con: Any, workspace: Path, run: str) -> dict[str, Any]:
         "ORDER BY split = 'train', key", [run_id]))
     for m in metrics:
         m["final"] = metric_value(m.pop("final_value"), m.pop("final_text"))
+    finals = {m["key"]: m["final"] for m in metrics}
+    shown = stats.format_metrics(finals)
+    for m in metrics:  # a score's final value with its 95% interval, as everywhere else
+        m["shown"] = shown.get(m["key"])
     preds = _dicts(con.execute("""
         WITH last AS (SELECT benchmark, max(step) AS step FROM predictions WHERE run_id = ?
                       GROUP BY benchmark)
