@@ -4,6 +4,7 @@ reruns, resume, and the sdft teacher/student prompts."""
 from __future__ import annotations
 
 import io
+import re
 import json
 from pathlib import Path
 
@@ -81,7 +82,13 @@ def test_each_algorithm_writes_the_run_directory_contract(tmp_path, tiny_model_d
     assert extra <= set(train[-1]["metrics"])
     assert "Status: completed" in printed and "Metrics: {" in printed
     assert "(metrics.jsonl, predictions/, summary.md)" in printed
-    assert "val/val/pass@1" in result.metrics
+    assert "val/val/pass@1" in result.metrics and result.metrics["val/val/n_tasks"] == 3
+    # scores are shown with their interval: progress lines, the Metrics line and summary.md
+    shown = re.compile(r"val/val/pass@1'?(?:=|:? )'?\d\.\d{3} ± \d\.\d{3} \(95% CI, 3 tasks\)")
+    assert "'val/val/pass@1': '" in printed   # the Metrics line holds the shown text too
+    assert len(shown.findall(printed)) >= 4   # eval steps 0, 1, 2 and the final Metrics line
+    summary = (result.run_dir / "summary.md").read_text()
+    assert len(shown.findall(summary)) == 4 and "pass@1_stderr" not in summary
     assert result.metrics["train/mean_loss"] == train[-1]["metrics"]["train/mean_loss"]
 
 
