@@ -6,7 +6,8 @@ sample standard deviation of those values over sqrt(number of tasks), and its 95
 mean ± 1.96 · stderr. Two runs are compared task by task on the tasks both answered: the
 p-value is from an exact McNemar test when every paired value is pass/fail, else from a
 sign-flip test on the per-task differences (exact up to 16 non-zero differences, else
-20,000 seeded random flips). `verdict` is `better`/`worse` when p < ALPHA, else `inconclusive`.
+20,000 seeded random flips); beyond 2,000 discordant tasks both use their normal
+approximation, so that a huge benchmark answers in milliseconds. `verdict` is `better`/`worse` when p < ALPHA, else `inconclusive`.
 Every eval metric is taken as higher-is-better. docs/benchmarks.md gives the formulas.
 """
 
@@ -20,6 +21,7 @@ ALPHA = 0.05
 Z95 = 1.959963984540054           # the standard normal's 97.5% quantile
 EXACT_FLIPS = 16                  # up to 2**16 sign vectors are enumerated
 FLIP_DRAWS = 20_000
+LARGE = 2_000                     # beyond this many non-zero differences: normal approximation
 STDERR_SUFFIX = "_stderr"
 N_TASKS = "n_tasks"
 
@@ -100,16 +102,20 @@ def _finite(v: Any) -> bool:
 # ---- paired tests --------------------------------------------------------------------------
 
 def exact_mcnemar(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for b and c discordant pairs (a binomial sign test)."""
+    """Two-sided exact McNemar p-value for b and c discordant pairs (a binomial sign test);
+    beyond LARGE pairs, its normal approximation with continuity correction."""
     m, k = b + c, min(b, c)
     if m == 0:
         return 1.0
+    if m > LARGE:
+        return min(1.0, math.erfc(max(0.0, abs(b - c) - 1) / math.sqrt(2 * m)))
     return min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
 
 
 def sign_flip_p(diffs: Sequence[float], seed: int = 0, draws: int = FLIP_DRAWS) -> tuple[float, str]:
     """Two-sided p-value of the paired sign-flip test on |sum of differences|, and its kind:
-    exact enumeration up to EXACT_FLIPS non-zero differences, else `draws` seeded flips."""
+    exact enumeration up to EXACT_FLIPS non-zero differences, `draws` seeded flips up to
+    LARGE, the normal approximation (sum of d_i**2 is the statistic's variance) beyond."""
     import numpy as np  # here, so that commands that only print scores do not load numpy
 
     d = np.asarray(diffs, dtype=float)
@@ -120,10 +126,13 @@ def sign_flip_p(diffs: Sequence[float], seed: int = 0, draws: int = FLIP_DRAWS) 
     if d.size <= EXACT_FLIPS:
         signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
         return float(np.mean(np.abs(signs @ d) >= observed)), "sign-flip exact"
+    if d.size > LARGE:
+        z = abs(float(d.sum())) / math.sqrt(float(np.sum(d * d)))
+        return math.erfc(z / math.sqrt(2)), "sign-flip, normal approximation"
     rng = np.random.default_rng(seed)
     hits = 0
-    for start in range(0, draws, 2000):
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(2000, draws - start), d.size))
+    for start in range(0, draws, 1000):   # sign matrices of at most 1000 x LARGE
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(1000, draws - start), d.size))
         hits += int(np.sum(np.abs(signs @ d) >= observed))
     return (1 + hits) / (1 + draws), f"sign-flip, {draws} seeded draws"
 
@@ -136,7 +145,7 @@ class Paired:
     ci_low: float            # 95% interval of delta (normal, over per-task differences)
     ci_high: float
     p_value: float
-    test: str                # "mcnemar exact", "sign-flip exact" or "sign-flip, N seeded draws"
+    test: str                # "mcnemar exact", "sign-flip exact", "sign-flip, N seeded draws", ...
     n_tasks: int             # tasks both sides answered
     verdict: str             # better | worse | inconclusive (p < alpha decides)
     base_only: int = 0       # tasks only BASE has (left out)
@@ -165,7 +174,9 @@ def paired_compare(base: Mapping[str, Sequence[float]], cand: Mapping[str, Seque
     lo, hi = ci95(delta, se)
     single = all(len(base[t]) == 1 and len(cand[t]) == 1 for t in shared)
     if single and set(b) | set(c) <= {0.0, 1.0}:
-        p, test = exact_mcnemar(sum(v < 0 for v in d), sum(v > 0 for v in d)), "mcnemar exact"
+        b_only, c_only = sum(v < 0 for v in d), sum(v > 0 for v in d)
+        p = exact_mcnemar(b_only, c_only)
+        test = "mcnemar exact" if b_only + c_only <= LARGE else "mcnemar, normal approximation"
     else:
         p, test = sign_flip_p(d, seed=seed)
     verdict = "inconclusive" if not p < alpha else ("better" if delta > 0 else "worse")

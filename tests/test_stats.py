@@ -54,6 +54,11 @@ def test_exact_mcnemar_hand_computed():
     assert stats.exact_mcnemar(1, 6) == pytest.approx(2 * (1 + 7) / 2 ** 7)   # 0.125
     assert stats.exact_mcnemar(0, 6) == pytest.approx(2 / 2 ** 6)             # 0.03125
     assert stats.exact_mcnemar(3, 3) == 1.0 and stats.exact_mcnemar(0, 0) == 1.0
+    # beyond 2000 discordant pairs: z = (|b - c| - 1) / sqrt(b + c), p = erfc(z / sqrt 2)
+    assert stats.exact_mcnemar(1100, 1000) == pytest.approx(math.erfc(99 / math.sqrt(2 * 2100)))
+    big = stats.paired_compare({f"t{i}": [float(i < 2000)] for i in range(5000)},
+                               {f"t{i}": [float(1000 <= i < 4000)] for i in range(5000)})
+    assert big.test == "mcnemar, normal approximation" and big.verdict == "better"
 
 
 def test_half_to_three_quarters_on_300_tasks_is_better_and_swapping_flips_it():
@@ -83,6 +88,9 @@ def test_sign_flip_exact_hand_computed_and_seeded_draws_repeat():
     p1, kind = stats.sign_flip_p(diffs, seed=0)
     assert kind == "sign-flip, 20000 seeded draws" and p1 == stats.sign_flip_p(diffs, seed=0)[0]
     assert p1 == pytest.approx(1 / 20001)                   # no flip reaches the observed sum
+    many = [0.5] * 1500 + [-0.5] * 1000                      # 2500: the normal approximation
+    assert stats.sign_flip_p(many) == (pytest.approx(math.erfc(250 / math.sqrt(2 * 625))),
+                                       "sign-flip, normal approximation")
     noisy = [(-1) ** i * 0.2 + 0.01 for i in range(40)]
     a, b = stats.sign_flip_p(noisy, seed=0)[0], stats.sign_flip_p(noisy, seed=1)[0]
     assert 0.5 < a <= 1 and 0.5 < b <= 1 and a != b          # the seed is what fixes the answer
