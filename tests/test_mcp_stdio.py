@@ -153,6 +153,9 @@ def test_full_research_loop_on_the_real_model(ws, tmp_path):
     keys = {s["key"] for s in out["metrics"]["series"]}
     assert "val/val/pass@1" in keys and any(k.startswith("train/") for k in keys)
     assert out["score"]["num_tasks"] == 2 and "val/val/pass@1" in out["score"]["metrics"]
+    assert "val/val/pass@1_stderr" in out["score"]["metrics"] and "val/val/pass@1_stderr" in keys
+    assert out["score"]["scores"]["val/val/pass@1"].endswith("(95% CI, 2 tasks)")
+    assert out["wait"]["scores"]["val/val/pass@1"].endswith("(95% CI, 2 tasks)")
     assert ["stdio_loop", "val/val/pass@1"] in [r[:2] for r in out["query"]["rows"]]
     listed = {r["id"]: r for r in out["list"]["runs"]}
     mine = listed[out["launch"]["run_id"]]
