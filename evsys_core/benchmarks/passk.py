@@ -83,7 +83,8 @@ def shortfalls(metrics: Sequence[str], num_samples: int | None) -> list[tuple[in
         kind, k = parse_metric(name)
         if kind == "pass" and k and k > num_samples:
             out.append((i, f"{name} needs at least {k} samples per task but num_samples is "
-                           f"{num_samples}; raise num_samples to {k} or leave it unset"))
+                           f"{num_samples}; raise num_samples to {k} (or leave it unset) or use "
+                           f"pass@{num_samples}"))
     return out
 
 
