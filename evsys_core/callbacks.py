@@ -2,19 +2,24 @@
 
 `LocalLogger` writes the run-directory contract of docs/design.md: `run.json`, `config.yaml`,
 `metrics.jsonl`, `predictions/<bench>.jsonl`, `summary.md` (+ `learning_curve.png`).
-Every JSONL line is written whole and flushed; run.json is replaced atomically.
+Every JSONL line is written whole and flushed; run.json is replaced atomically; nothing is
+written through a symbolic link out of the run directory (`safefs`). A full disk makes the
+run `failed` with a one-line reason and leaves no partial or temporary file.
 `Progress` shows step, loss, the last eval and the ETA: a live bar in a terminal, plain
 lines otherwise.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
+from evsys_core.stats import format_metrics, is_companion
 
 
 class LocalLogger:
@@ -23,14 +28,15 @@ class LocalLogger:
         self.info = info
         self.evals: list[tuple[int, dict[str, float]]] = []
         self.last_train: dict[str, float] = {}
-        (run_dir / rundir.PREDICTIONS).mkdir(exist_ok=True)
+        safefs.makedirs(run_dir / rundir.PREDICTIONS, run_dir)
 
     def update(self, **fields: Any) -> None:
         self.info.update(fields)
-        rundir.write_json_atomic(self.run_dir / rundir.RUN_JSON, self.info)
+        rundir.write_json_atomic(self.run_dir / rundir.RUN_JSON, self.info, self.run_dir)
 
     def log_metrics(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        rundir.append_jsonl(self.run_dir / rundir.METRICS, {"step": step, "split": split, "metrics": metrics})
+        rundir.append_jsonl(self.run_dir / rundir.METRICS, {"step": step, "split": split, "metrics": metrics},
+                            self.run_dir)
         if split == "train":
             self.last_train = metrics
         else:
@@ -39,7 +45,7 @@ class LocalLogger:
     def log_predictions(self, bench: str, step: int, rows: list[dict[str, Any]]) -> None:
         path = self.run_dir / rundir.PREDICTIONS / f"{bench}.jsonl"
         for row in rows:
-            rundir.append_jsonl(path, {"step": step, **row})
+            rundir.append_jsonl(path, {"step": step, **row}, self.run_dir)
 
     def final_metrics(self) -> dict[str, float]:
         """The last training row and the latest value of every eval metric."""
@@ -49,12 +55,25 @@ class LocalLogger:
         return final
 
     def finish(self, status: str, error: str | None = None) -> dict[str, float]:
-        """Write summary.md, then the final status: a reader that sees `completed` finds the summary."""
+        """Write summary.md, then the final status: a reader that sees `completed` finds the summary.
+
+        If the summary or its plot cannot be written (a full disk), the run is `failed` with
+        that reason, and run.json is still saved, in place if there is no room for a new file."""
         final = self.final_metrics()
         self.info.update(status=status, ended_at=time.time(), error=error, final_metrics=final)
-        curve = self._plot()
-        rundir.write_text_atomic(self.run_dir / rundir.SUMMARY, self._summary(status, final, error, curve))
-        self.update()
+        try:
+            curve = self._plot()
+            rundir.write_text_atomic(self.run_dir / rundir.SUMMARY, self._summary(status, final, error, curve),
+                                     self.run_dir)
+        except OSError as e:
+            self.info.update(status="failed", error=error or write_error(e, self.run_dir))
+        try:
+            self.update()
+        except OSError as e:
+            if not safefs.is_disk_full(e):
+                raise
+            safefs.rewrite_in_place(self.run_dir / rundir.RUN_JSON,
+                                    json.dumps(self.info, indent=2, default=str) + "\n", self.run_dir)
         return final
 
     def _summary(self, status: str, final: dict[str, float], error: str | None, curve: str | None) -> str:
@@ -71,10 +90,13 @@ class LocalLogger:
         if error:
             lines += ["", f"Error: {error}"]
         lines += ["", "## Final metrics", ""]
-        lines += [f"- {k}: {format_value(v)}" for k, v in sorted(final.items())] or ["- (none)"]
+        lines += [f"- {k}: {v}" for k, v in sorted(format_metrics(final).items())] or ["- (none)"]
         lines += ["", "## Evaluations", ""]
-        lines += [f"- step {step}: " + ", ".join(f"{k}={format_value(v)}" for k, v in sorted(m.items()))
+        lines += [f"- step {step}: " + "; ".join(f"{k}={v}" for k, v in sorted(format_metrics(m).items()))
                   for step, m in self.evals] or ["- (none)"]
+        if self.evals:
+            lines += ["", "± is the 95% interval over tasks (1.96 standard errors); "
+                      "`evsys compare` tells whether two runs differ."]
         if curve:
             lines += ["", f"![learning curve]({curve})"]
         return "\n".join(lines) + "\n"
@@ -89,12 +111,13 @@ class LocalLogger:
         series: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
             for k, v in row["metrics"].items():
-                if isinstance(v, (int, float)):
+                if isinstance(v, (int, float)) and not is_companion(k):
                     series.setdefault(k, []).append((row["step"], v))
         train = plotting.Panel("training", [(k, p) for k, p in series.items()
                                             if k in ("train/mean_loss", "train/mean_reward", "train/kl")])
         evals = plotting.Panel("evaluation", [(k, p) for k, p in series.items() if not k.startswith("train/")])
-        plotting.draw([train, evals], self.run_dir / "learning_curve.png", size=(10, 3.6), dpi=90)
+        png = plotting.draw([train, evals], size=(10, 3.6), dpi=90)  # bytes, then one safe atomic write
+        safefs.write_atomic(self.run_dir / "learning_curve.png", png, self.run_dir)
         return "learning_curve.png"
 
 
@@ -121,9 +144,9 @@ class Progress:
         if step != self._eval_step:
             self._eval_step, self._evals = step, {}
         self._evals.update(metrics)
-        self.last_eval = " ".join(f"{k} {format_value(v)}" for k, v in self._evals.items())
+        self.last_eval = " ".join(f"{k} {v}" for k, v in format_metrics(self._evals).items())
         if not self.live:
-            text = " ".join(f"{k} {format_value(v)}" for k, v in metrics.items())
+            text = " · ".join(f"{k} {v}" for k, v in format_metrics(metrics).items())
             print(f"eval step {step}: {text}", file=self.stream, flush=True)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
@@ -142,8 +165,24 @@ class Progress:
             self._bar.stop()
 
 
-def format_value(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def write_error(e: BaseException, run_dir: Path) -> str:
+    """One line saying why a run file could not be written (a full disk said as such)."""
+    what = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else (e.strerror or str(e))
+    where = getattr(e, "filename", None) or run_dir
+    if safefs.is_disk_full(e) or disk_full(run_dir):
+        return (f"the disk is full ({what}) writing {where}; free some space, then "
+                f"`evsys run --resume {run_dir}` continues from the last checkpoint")
+    return f"cannot write {where}: {what}".replace("\n", " ")
+
+
+def disk_full(run_dir: Path) -> bool:
+    import os
+
+    try:
+        st = os.statvfs(run_dir)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def format_duration(seconds: float) -> str:

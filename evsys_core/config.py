@@ -33,12 +33,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from evsys_core.benchmarks import passk
 from evsys_core.errors import ConfigError
+from evsys_core.safefs import NAME_MAX_BYTES, SAFE_NAME, long_name
 from evsys_core.yamlmarks import Loaded, Mark, YAMLProblem, load_with_marks
 
 ALGORITHM_KINDS = ("sft", "sdft", "rl")
-METRIC_RE = re.compile(r"^pass@(\d+)$")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class Issue(BaseModel):
@@ -113,23 +113,19 @@ def _check_template(template: str, allowed: Sequence[str] | None = None,
 
 
 def _check_metric(metric: str) -> str:
-    m = METRIC_RE.match(metric)
-    if metric == "mean_score" or (m and int(m.group(1)) >= 1):
-        return metric
-    raise PydanticCustomError(
-        "invalid", f"unknown metric {metric!r}; use pass@k with k >= 1 (pass@1, pass@4, ...) "
-        "or mean_score")
+    try:
+        passk.parse_metric(metric)
+    except ValueError as e:
+        raise PydanticCustomError("invalid", str(e)) from None
+    return metric
 
 
 def _check_name(value: str | None) -> str | None:
-    if value is not None and not _SAFE_NAME.match(value):
+    if value is not None and not SAFE_NAME.fullmatch(value):
         raise PydanticCustomError(
             "invalid", f"{value!r} is not a usable name; use letters, digits, '.', '_' and '-' "
             "(it becomes a directory or file name)")
     return value
-
-
-NAME_MAX_BYTES = 255  # the longest file name most file systems take
 
 
 def _check_path(value: Any) -> Any:
@@ -139,8 +135,7 @@ def _check_path(value: Any) -> Any:
     if isinstance(value, str):
         if "\x00" in value:
             raise PydanticCustomError("invalid", "the path contains a NUL byte; remove it")
-        long = next((part for part in value.replace("\\", "/").split("/")
-                     if len(part.encode()) > NAME_MAX_BYTES), None)
+        long = long_name(value)
         if long is not None:
             raise PydanticCustomError(
                 "invalid", f"the path has a name of {len(long.encode())} bytes ({long[:20]}...); file "
@@ -226,7 +221,7 @@ class TrainParams(_Section):
     epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     lora_rank: int = Field(8, ge=1)
-    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_every: int | None = Field(None, ge=0)  # None: evsys_core.checkpoints' default cadence
     user_template: str = "{question}"
     system_prompt: str | None = None
     grad_clip_norm: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -293,24 +288,18 @@ class BenchmarkSpec(_Section):
     metrics: list[Metric] = Field(default_factory=lambda: ["pass@1"], min_length=1)
     split: SafeName = "val"
     num_samples: int | None = Field(None, ge=1)  # None: the largest k among pass@k
-    max_tokens: int = Field(64, ge=1)
+    max_tokens: int = Field(passk.DEFAULT_MAX_TOKENS, ge=1)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)  # None: 0 if 1 sample
 
     _path_not_empty = field_validator("path", mode="before")(_check_path)
 
     @model_validator(mode="after")
     def _samples(self) -> "BenchmarkSpec":
-        ks = {i: int(m.group(1)) for i, m in enumerate(map(METRIC_RE.match, self.metrics)) if m}
-        if self.num_samples is None:
-            self.num_samples = max(ks.values(), default=1)
-        too_big = [(("metrics", i), f"{self.metrics[i]} needs at least {k} samples per task but "
-                    f"num_samples is {self.num_samples}; raise num_samples to {k} or use "
-                    f"pass@{self.num_samples}", self.metrics[i])
-                   for i, k in ks.items() if k > self.num_samples]
-        if too_big:
-            raise _invalid(*too_big)
-        if self.temperature is None:
-            self.temperature = 0.0 if self.num_samples == 1 else 1.0
+        short = passk.shortfalls(self.metrics, self.num_samples)
+        if short:
+            raise _invalid(*((("metrics", i), msg, self.metrics[i]) for i, msg in short))
+        self.num_samples, self.temperature, self.max_tokens = passk.sampling_defaults(
+            self.metrics, self.num_samples, self.temperature, self.max_tokens)
         return self
 
 

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from evsys_core import safefs
+
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions"
@@ -29,13 +31,16 @@ ACTIVE = "running"
 FINAL_STATUSES = ("completed", "failed", "interrupted")
 
 
-def claim_run_dir(output_dir: Path, run_name: str) -> Path:
-    """Create and return a fresh directory for `run_name`, never reusing an existing one."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+def claim_run_dir(output_dir: Path, run_name: str, workspace: Path | None = None) -> Path:
+    """Create and return a fresh directory for `run_name`, never reusing an existing one.
+
+    With `workspace`, an output_dir inside it must not lead out of it through a link."""
+    root = safefs.root_for(output_dir, workspace) if workspace is not None else None
+    safefs.makedirs(output_dir, root)
     for n in range(1, 10_000):
         candidate = output_dir / (run_name if n == 1 else f"{run_name}-{n}")
         try:
-            candidate.mkdir()
+            safefs.mkdir_new(candidate, root)
         except FileExistsError:
             continue
         return candidate
@@ -45,17 +50,23 @@ def claim_run_dir(output_dir: Path, run_name: str) -> Path:
 MIN_FREE_BYTES = 50 * 2**20
 
 
-def output_dir_problem(output_dir: Path) -> str | None:
+def output_dir_problem(output_dir: Path, workspace: Path | None = None) -> str | None:
     """Why run files could not be written under `output_dir` (created or not), or None.
 
     Probes the nearest existing folder by creating (and removing) a temporary file in it:
     permission bits alone say nothing for root or read-only mounts. Also refuses less than
-    MIN_FREE_BYTES of free space there."""
+    MIN_FREE_BYTES of free space there, and (with `workspace`) an output_dir inside the
+    workspace that a symbolic link leads out of it."""
     import tempfile
 
     probe = Path(output_dir)
-    if any(len(part.encode()) > 255 for part in probe.parts):
-        return f"output_dir {str(output_dir)[:120]}... has a name longer than 255 bytes"
+    if safefs.long_name(probe) is not None:
+        return (f"output_dir {str(output_dir)[:120]}... has a name longer than "
+                f"{safefs.NAME_MAX_BYTES} bytes")
+    if workspace is not None:
+        escape = safefs.problem(probe, safefs.root_for(probe, workspace))
+        if escape:
+            return escape
     while not os.path.exists(probe) and probe != probe.parent:  # os.path: False, never OSError
         probe = probe.parent
     if not os.path.isdir(probe):
@@ -76,14 +87,11 @@ def output_dir_problem(output_dir: Path) -> str | None:
     return None
 
 
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line, written whole with a single write and flushed to disk."""
+def append_jsonl(path: Path, row: dict[str, Any], root: Path | None = None) -> None:
+    """Append one JSON line, written whole with a single write (or not at all: a full disk
+    leaves no partial line). `root`: the run directory the file must stay in (safefs)."""
     line = json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    safefs.append(path, line, root)
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -100,17 +108,13 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any], root: Path | None = None) -> None:
     """Write JSON through a temp file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    safefs.write_atomic(path, json.dumps(data, indent=2, default=str) + "\n", root)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_text_atomic(path: Path, text: str, root: Path | None = None) -> None:
+    safefs.write_atomic(path, text, root)
 
 
 def pid_alive(pid: int | None, started: int | None = None) -> bool:
@@ -172,7 +176,7 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
         info["ended_at"] = info.get("ended_at") or time.time()
         info["error"] = info.get("error") or "the run's process ended without finishing"
         try:
-            write_json_atomic(path, info)
+            write_json_atomic(path, info, run_dir)
         except OSError:
             pass
     return info

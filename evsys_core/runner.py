@@ -27,6 +27,7 @@ from typing import Any, NoReturn, Sequence
 
 from evsys_core import rundir
 from evsys_core.errors import ConfigError, EvsysError, RunError
+from evsys_core.stats import format_metrics
 
 
 @dataclass
@@ -76,7 +77,7 @@ def plan(cfg: Any) -> _Plan:
         _refuse(cfg, errors)
     benchmarks = [(spec, load_tasks(Path(spec.path))) for spec in cfg.metadata.benchmark]
     output_dir, run_name = output_of(cfg)
-    check_writable(output_dir)
+    check_writable(output_dir, cfg.workspace)
     return _Plan(cfg, dataset, benchmarks, output_dir, run_name)
 
 
@@ -88,10 +89,10 @@ def _refuse(cfg: Any, errors: list[Any]) -> NoReturn:
                                  + [f"  {i}" for i in errors]), errors)
 
 
-def check_writable(output_dir: Path) -> None:
+def check_writable(output_dir: Path, cfg_workspace: Path | None = None) -> None:
     """Fail before training, with a clear message, if run files could not be written
     (an unwritable or missing-parent output directory, or a full disk)."""
-    problem = rundir.output_dir_problem(output_dir)
+    problem = rundir.output_dir_problem(output_dir, cfg_workspace)
     if problem:
         raise RunError(f"cannot write run files under {output_dir}: {problem}; "
                        "set callbacks[].params.output_dir to a writable directory")
@@ -116,8 +117,12 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
         resume = Path(resume)
         if not (resume / "config.yaml").exists():
             raise RunError(f"{resume}: not a run directory (no config.yaml); pass the directory of the run to resume")
-        if not (resume / rundir.CHECKPOINTS / "latest.json").exists():
-            raise RunError(f"{resume} has no checkpoint to resume from; start a new run instead")
+        info = rundir.read_run_json(resume)
+        if info.get("status") == "completed":
+            raise RunError(f"{resume}: the run already completed (step {info.get('step')} of "
+                           f"{info.get('max_steps')}); nothing to resume. Start a new run to train more")
+        if info.get("status") == rundir.ACTIVE:
+            raise RunError(f"{resume} is still running (pid {info.get('pid')}); cancel it before resuming")
         cfg = load_config(resume / "config.yaml", overrides, workspace)
     elif isinstance(config, (str, Path)):
         cfg = load_config(config, overrides, workspace)
@@ -125,25 +130,32 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
         cfg = config
     checked = plan(cfg)
     yaml_text = config_to_yaml(cfg)
+    config_hash = hashlib.sha256(yaml_text.encode()).hexdigest()[:16]
 
     if resume is not None:
         run_dir = resume
-        info = rundir.read_run_json(run_dir)
-        if info.get("status") == rundir.ACTIVE:
-            raise RunError(f"{run_dir} is still running (pid {info.get('pid')}); cancel it before resuming")
+        _confine(run_dir, cfg.workspace)
         start_step = _rewind(run_dir)
-        info.update(status=rundir.ACTIVE, **rundir.owner(), ended_at=None, error=None, resumed_at=time.time())
+        if overrides:  # the config the run goes on with, and what changed, on record
+            rundir.write_text_atomic(run_dir / "config.yaml", yaml_text, run_dir)
+            info["config_hash"] = config_hash
+        resumes = info.get("resumes") if isinstance(info.get("resumes"), list) else []
+        info.update(status=rundir.ACTIVE, **rundir.owner(), ended_at=None, error=None, resumed_at=time.time(),
+                    resumes=[*resumes, {"at": time.time(), "from_step": start_step, "overrides": list(overrides)}])
     else:
-        run_dir = Path(run_dir) if run_dir else rundir.claim_run_dir(checked.output_dir, run_name or checked.run_name)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir:
+            run_dir = Path(run_dir)
+            _confine(run_dir, cfg.workspace)
+        else:
+            run_dir = rundir.claim_run_dir(checked.output_dir, run_name or checked.run_name, cfg.workspace)
         start_step = 0
         claimed = rundir.read_run_json(run_dir)  # a launcher may have written a provisional one
         info = new_record(
             run_dir, kind=TRAIN, algorithm=cfg.algorithm.kind, model=cfg.model.name, backend=cfg.backend.kind,
-            run_id=claimed.get("id"), config_hash=hashlib.sha256(yaml_text.encode()).hexdigest()[:16],
+            run_id=claimed.get("id"), config_hash=config_hash,
             git_commit=_git_commit(cfg.workspace),
             config_path=shown_path(getattr(cfg, "source_path", None), cfg.workspace))
-        rundir.write_text_atomic(run_dir / "config.yaml", yaml_text)
+        rundir.write_text_atomic(run_dir / "config.yaml", yaml_text, run_dir)
 
     from evsys_core.callbacks import LocalLogger
 
@@ -152,16 +164,30 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
     return _train(checked, logger, start_step, stream)
 
 
-def _rewind(run_dir: Path) -> int:
-    """Drop log rows past the last checkpoint, so a resumed run logs no step twice."""
-    import json
+def _confine(run_dir: Path, workspace: Path) -> None:
+    """The run directory exists and no link leads it out of the workspace it is named in."""
+    from evsys_core import safefs
 
-    step = int(json.loads((run_dir / rundir.CHECKPOINTS / "latest.json").read_text())["step"])
+    safefs.makedirs(run_dir, safefs.root_for(run_dir, workspace))
+
+
+def _rewind(run_dir: Path) -> int:
+    """Drop log rows past the last checkpoint (all of them without one: the run starts over),
+    so a resumed run logs no step twice; returns the step to continue from."""
+    from evsys_core import checkpoints
+
+    found = checkpoints.latest(run_dir)
+    step = found[0] if found else 0
     for path in [run_dir / rundir.METRICS, *sorted((run_dir / rundir.PREDICTIONS).glob("*.jsonl"))]:
         if path.exists():
-            kept = [r for r in rundir.read_jsonl(path) if r.get("step", 0) <= step]
-            rundir.write_text_atomic(path, "".join(_json_line(r) for r in kept))
+            kept = [r for r in rundir.read_jsonl(path) if found and _step_of(r) <= step]
+            rundir.write_text_atomic(path, "".join(_json_line(r) for r in kept), run_dir)
     return step
+
+
+def _step_of(row: dict) -> float:
+    step = row.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else float("inf")
 
 
 def _json_line(row: dict) -> str:
@@ -195,6 +221,7 @@ class _StopFlag:
 
 
 def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
+    from evsys_core import checkpoints, safefs
     from evsys_core.algorithms import get_algorithm
     from evsys_core.algorithms.context import TrainContext
     from evsys_core.callbacks import Progress
@@ -212,11 +239,12 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
             tc = service.create_lora_training_client(base_model=cfg.model.name, rank=cfg.algorithm.params.lora_rank,
                                                      seed=cfg.seed)
             if start_step:
-                tc.load_state_with_optimizer(_latest_checkpoint(run_dir)).result()
+                tc.load_state_with_optimizer(checkpoints.latest(run_dir)[1]).result()
             ctx = TrainContext(params=cfg.algorithm.params, training_client=tc, rows=plan.dataset.rows,
                                seed=cfg.seed, start_step=start_step, task_dir=Path(cfg.data.path).parent,
                                should_stop=lambda: stop.requested)
             logger.update(max_steps=ctx.total_steps)
+            saver = checkpoints.Checkpointer(tc, run_dir, cfg.algorithm.params.checkpoint_every, ctx.total_steps)
             progress = Progress(ctx.total_steps, start_step, stream=out)
             in_loop = [(s, t) for s, t in plan.benchmarks if s.run_every]
             after = [(s, t) for s, t in plan.benchmarks if not s.run_every]
@@ -228,9 +256,7 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
                 due = [(s, t) for s, t in in_loop if step % s.run_every == 0 or step == ctx.total_steps]
                 if due:
                     _evaluate(ctx, due, step, logger, progress, cfg)
-                every = cfg.algorithm.params.checkpoint_every
-                if every and step % every == 0 and step != ctx.total_steps:
-                    _checkpoint(tc, run_dir, step)
+                saver.after_step(step)
                 logger.update(step=step)
                 progress.step(step, metrics)
 
@@ -238,7 +264,7 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
             get_algorithm(cfg.algorithm.kind)(ctx)
 
             step = logger.info.get("step", 0)
-            _checkpoint(tc, run_dir, step, final=not stop.requested)
+            saver.save(step, final=not stop.requested)
             if stop.requested:
                 status = "interrupted"
             else:
@@ -250,10 +276,15 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
         except EvsysError as e:
             error = str(e)
         except Exception as e:  # a crash is recorded in the run, then reported
-            error = f"{type(e).__name__}: {e}"
-            import traceback
+            from evsys_core.callbacks import write_error, disk_full
 
-            traceback.print_exc()
+            if safefs.is_disk_full(e) or disk_full(run_dir):
+                error = write_error(e, run_dir)  # one line, no traceback: nothing to debug
+            else:
+                error = f"{type(e).__name__}: {e}"
+                import traceback
+
+                traceback.print_exc()
         finally:
             if progress is not None:
                 progress.close()
@@ -262,7 +293,7 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
     print(f"Status: {status}", file=out)
     if error:
         print(f"Error: {error}", file=out)
-    print(f"Metrics: {metrics}", file=out)
+    print(f"Metrics: {format_metrics(metrics)}", file=out)
     print(f"Logs: {rel} (metrics.jsonl, predictions/, summary.md)", file=out, flush=True)
     return RunResult(status, metrics, run_dir, logger.info["id"], error)
 
@@ -276,21 +307,6 @@ def _evaluate(ctx: Any, benches: list[tuple[Any, list[Any]]], step: int, logger:
         logger.log_metrics(step, spec.split, result.metrics)
         logger.log_predictions(spec.name, step, result.predictions)
         progress.eval(step, result.metrics)
-
-
-def _checkpoint(tc: Any, run_dir: Path, step: int, final: bool = False) -> None:
-    """Save adapter + optimizer state; `latest.json` points at it for --resume."""
-    ckpt_dir = run_dir / rundir.CHECKPOINTS
-    ckpt_dir.mkdir(exist_ok=True)
-    name = "final" if final else f"step_{step:06d}"
-    path = tc.save_state(str(ckpt_dir / name)).result().path
-    rundir.write_json_atomic(ckpt_dir / "latest.json", {"step": step, "path": str(path), "name": name})
-
-
-def _latest_checkpoint(run_dir: Path) -> str:
-    import json
-
-    return json.loads((run_dir / rundir.CHECKPOINTS / "latest.json").read_text())["path"]
 
 
 # --- CLI -------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def _check_output(cfg: RunConfig, add: Add) -> None:
     params = cfg.callbacks[index].params
     field = f"callbacks.{index}.params.output_dir"
     out = params.output_dir
-    problem = rundir.output_dir_problem(out)
+    problem = rundir.output_dir_problem(out, cfg.workspace)
     if problem:
         add(cfg.issue(field, f"{problem}; choose another output_dir"))
         return

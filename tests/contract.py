@@ -33,6 +33,12 @@ def assert_run_dir(run_dir: Path, steps: int, benches: dict[str, tuple[str, int,
         evals = [r for r in rows if key in r["metrics"]]
         assert [r["step"] for r in evals] == eval_steps, key
         assert all(r["split"] == split and 0.0 <= r["metrics"][key] <= 1.0 for r in evals)
+        for r in evals:  # every eval metric carries its stderr, and the row its task count
+            m = r["metrics"]
+            assert m[f"{split}/{name}/n_tasks"] == n_tasks
+            scores = [k for k in m if not k.endswith("_stderr") and not k.endswith("/n_tasks")]
+            assert scores and all(k + "_stderr" in m for k in scores), m
+            assert all(m[k + "_stderr"] >= 0 or n_tasks == 1 for k in scores)
         preds = read_rows(run_dir / "predictions" / f"{name}.jsonl")
         assert len(preds) == n_tasks * len(eval_steps)
         assert all({"step", "task_id", "instruction", "answer", "score", "passed"} <= set(p) for p in preds)

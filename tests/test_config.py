@@ -114,7 +114,7 @@ def test_defaults_of_a_minimal_config(tmp_path):
     assert isinstance(cfg.algorithm.params, SFTParams)
     p = cfg.algorithm.params
     assert (p.learning_rate, p.max_steps, p.epochs, p.batch_size, p.lora_rank) == (1e-4, None, None, 4, 8)
-    assert (p.checkpoint_every, p.user_template, p.system_prompt, p.max_length) == (0, "{question}", None, 1024)
+    assert (p.checkpoint_every, p.user_template, p.system_prompt, p.max_length) == (None, "{question}", None, 1024)
     assert cfg.metadata.benchmark == []
     # one local_logger by default, named after the config file, in <workspace>/outputs
     assert cfg.local_logger().run_name == "my-exp"

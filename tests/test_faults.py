@@ -9,6 +9,7 @@ server starts them. Tests poll metrics.jsonl for progress instead of sleeping bl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,9 +46,11 @@ def tasks(n: int = 2) -> list[dict]:
             for i, (c, cap) in enumerate(CAPITALS[:n])]
 
 
-def workspace(root: Path, model: Path | str, *, max_steps: int, checkpoint_every: int = 1,
+def workspace(root: Path, model: Path | str, *, max_steps: int, checkpoint_every: int | None = 1,
               bench_tokens: int = 8, run_name: str = "fault") -> Path:
-    """config.yaml (sft, an in-loop benchmark every step) + data; model.name is the tiny model."""
+    """config.yaml (sft, an in-loop benchmark every step) + data; model.name is the tiny model;
+    `checkpoint_every=None` leaves it out (the default cadence)."""
+    every = "" if checkpoint_every is None else f", checkpoint_every: {checkpoint_every}"
     root.mkdir(parents=True, exist_ok=True)
     jsonl(root / "data" / "train.jsonl",
           [{"messages": [{"role": "user", "content": f"What is the capital of {c}?"},
@@ -60,8 +63,7 @@ def workspace(root: Path, model: Path | str, *, max_steps: int, checkpoint_every
         data: {{ path: data/train.jsonl }}
         algorithm:
           kind: sft
-          params: {{ learning_rate: 1.0e-3, max_steps: {max_steps}, batch_size: 2, lora_rank: 2,
-                    checkpoint_every: {checkpoint_every} }}
+          params: {{ learning_rate: 1.0e-3, max_steps: {max_steps}, batch_size: 2, lora_rank: 2{every} }}
         metadata:
           benchmark:
             - {{ name: val, path: bench/val, run_every: 1, metrics: [pass@1], max_tokens: {bench_tokens} }}
@@ -183,6 +185,106 @@ def test_kill_9_leaves_valid_files_reads_interrupted_and_resumes_to_the_same_end
     assert list(ws.glob("outputs/*")) == [run_dir]  # resumed in place, no new directory
 
 
+@pytest.mark.slow
+def test_a_default_config_killed_with_sigkill_resumes_with_every_step_logged_once(tmp_path, tiny_model_dir):
+    steps = 12
+    ws = workspace(tmp_path / "ws", tiny_model_dir, max_steps=steps, checkpoint_every=None)
+    proc = start(ws, "experiments/config.yaml")
+    run_dir = ws / "outputs" / "fault"
+    wait_for_step(run_dir, 5, proc, ws)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    killed_at = train_steps(run_dir)[-1]
+    assert killed_at < steps
+
+    resumed = subprocess.run([sys.executable, "-m", "evsys_core.cli", "run", "--resume", str(run_dir),
+                              "--workspace", str(ws)], cwd=ws, capture_output=True, text=True,
+                             timeout=START_TIMEOUT_S + 120)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    info = json.loads((run_dir / rundir.RUN_JSON).read_text())
+    assert info["status"] == "completed" and info["step"] == steps
+    assert info["resumes"][0]["from_step"] >= 4  # from a checkpoint of the default cadence, not step 0
+    rows = assert_valid_jsonl(run_dir / rundir.METRICS)
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, steps + 1))
+    assert [r["step"] for r in rows if r["split"] == "val"] == list(range(0, steps + 1))
+    preds = assert_valid_jsonl(run_dir / rundir.PREDICTIONS / "val.jsonl")
+    no_duplicates(preds, lambda p: (p["step"], p["task_id"], p.get("sample", 0)))
+    kept = sorted(p.name for p in (run_dir / rundir.CHECKPOINTS).iterdir() if p.is_dir())
+    assert "final" in kept and len(kept) <= 3  # the newest two step checkpoints and final
+
+
+@contextlib.contextmanager
+def small_disk(where: Path):
+    """A 64 MiB tmpfs mounted at `where` (we run as root), unmounted after; None if this
+    machine cannot mount one (the caller then limits file sizes instead)."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    try:
+        yield None if mounted.returncode else where
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(disk: Path) -> None:
+    chunk = b"\0" * (1 << 20)
+    with open(disk / "filler", "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError:
+                break
+    with contextlib.suppress(OSError):  # whatever small room is left, take it too
+        with open(disk / "filler2", "wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * 512)
+
+
+def _limit_file_size() -> None:  # the fallback: no file may grow past 16 KiB (EFBIG)
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))
+
+
+@pytest.mark.slow
+def test_a_disk_filling_mid_run_fails_the_run_with_one_line_and_no_temporary_files(tmp_path, tiny_model_dir):
+    steps = 12
+    with small_disk(tmp_path / "disk") as disk:
+        if disk is None:
+            import warnings
+
+            warnings.warn("cannot mount a tmpfs here: the disk-full test limits file sizes instead")
+        ws = workspace((disk or tmp_path) / "ws", tiny_model_dir, max_steps=steps, checkpoint_every=None)
+        run_dir = ws / "outputs" / "fault"
+        with open(tmp_path / "run.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "evsys_core.cli", "run", "experiments/config.yaml",
+                                     "--workspace", str(ws)], cwd=ws, stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=None if disk else _limit_file_size)
+        if disk:
+            wait_for_step(run_dir, 3, proc, tmp_path)
+            _fill(disk)
+        assert proc.wait(timeout=START_TIMEOUT_S + 120) == 1, log_tail(tmp_path)
+        info = json.loads((run_dir / rundir.RUN_JSON).read_text())
+        assert info["status"] == "failed", info
+        assert "\n" not in info["error"] and ("disk is full" in info["error"]), info["error"]
+        assert "Traceback" not in log_tail(tmp_path)
+        left = [p for p in ws.rglob("*") if ".tmp" in p.name or (p.is_file() and p.stat().st_size == 0)]
+        assert left == [], left
+        png = run_dir / "learning_curve.png"
+        assert not png.exists() or png.read_bytes().startswith(b"\x89PNG")
+        assert_valid_jsonl(run_dir / rundir.METRICS)
+        if disk:  # room again: the run resumes to its end
+            (disk / "filler").unlink()
+            (disk / "filler2").unlink(missing_ok=True)
+            resumed = subprocess.run([sys.executable, "-m", "evsys_core.cli", "run", "--resume", str(run_dir),
+                                      "--workspace", str(ws)], cwd=ws, capture_output=True, text=True,
+                                     timeout=START_TIMEOUT_S + 120)
+            assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+            assert train_steps(run_dir) == list(range(1, steps + 1))
+
+
 # --- SIGTERM and Ctrl-C -----------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -203,7 +305,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_final_checkpoint(tmp_path, tiny_
     stopped = info["step"]
     assert 2 <= stopped < steps and train_steps(run_dir)[-1] == stopped
     latest = json.loads((run_dir / rundir.CHECKPOINTS / "latest.json").read_text())
-    assert latest["step"] == stopped and Path(latest["path"]).is_dir()  # final checkpoint at the stop
+    assert latest["step"] == stopped and (run_dir / latest["path"]).is_dir()  # final checkpoint at the stop
     assert "Status: interrupted" in (run_dir / rundir.SUMMARY).read_text()
     assert_valid_jsonl(run_dir / rundir.METRICS)
     assert_valid_jsonl(run_dir / rundir.PREDICTIONS / "val.jsonl")

@@ -295,13 +295,14 @@ def test_runs_sort_where_limit_and_best(ws: Path) -> None:
 
 def test_compare_and_curves(ws: Path) -> None:
     idx = open_index(ws)
-    cmp = idx.compare(["alpha", "beta"])
+    cmp = idx.compare("alpha", "beta")
     assert [r["name"] for r in cmp["runs"]] == ["alpha", "beta"]
     assert {"key": "algorithm.params.learning_rate", "values": [1e-4, 3e-4]} in cmp["config"]
     assert all(c["key"] != "algorithm.params.topk" for c in cmp["config"])  # equal: not shown
     loss = next(m for m in cmp["metrics"] if m["key"] == "train/mean_loss")
-    assert loss["final"] == [pytest.approx(1 / 6), 0.25]
-    assert loss["delta"][1] == pytest.approx(0.25 - 1 / 6)
+    assert (loss["base"], loss["cand"]) == (pytest.approx(1 / 6), 0.25)
+    assert loss["delta"] == pytest.approx(0.25 - 1 / 6)
+    assert loss["verdict"] is None and "no per-task predictions" in loss["note"]
     c = idx.curves("alpha", keys=["train/mean_loss"])
     assert [p[0] for p in c["curves"]["train/mean_loss"]] == [1, 2, 3, 4, 5, 6]
     c = idx.curves("alpha", keys=["train/mean_loss"], max_points=3)
@@ -309,8 +310,8 @@ def test_compare_and_curves(ws: Path) -> None:
     assert set(idx.curves("alpha", split="val")["curves"]) == {"val/val/pass@1"}
     with pytest.raises(QueryError, match="has no metric"):
         idx.curves("alpha", keys=["nope"])
-    with pytest.raises(Exception, match="at least two"):
-        idx.compare(["alpha"])
+    with pytest.raises(Exception, match="the same run"):
+        idx.compare("alpha", "alpha")
 
 
 REFUSED = [

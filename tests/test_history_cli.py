@@ -105,12 +105,14 @@ def test_compare(ws: Path, capsys) -> None:
     code, out, _ = run(capsys, "compare", "sdft-a", "sdft-b", "--workspace", str(ws))
     assert code == 0
     assert "config differences" in out and "algorithm.params.learning_rate" in out
-    assert "0.48 (+0.18)" in out
+    line = next(x for x in out.splitlines() if x.startswith("val/val/pass@1"))
+    assert line.split()[1:4] == ["0.3", "0.48", "+0.18"] and "no per-task predictions" in line
     data = run_json(capsys, "compare", "sdft-a", "sdft-b", "--workspace", str(ws))
     diff = {c["key"]: c["values"] for c in data["config"]}
     assert diff == {"algorithm.params.learning_rate": [1e-4, 3e-4]}
     pass1 = next(m for m in data["metrics"] if m["key"] == "val/val/pass@1")
-    assert pass1["final"] == [0.3, 0.48] and pass1["delta"][1] == pytest.approx(0.18)
+    assert (pass1["base"], pass1["cand"]) == (0.3, 0.48) and pass1["delta"] == pytest.approx(0.18)
+    assert pass1["verdict"] is None  # sdft-b has no predictions/val.jsonl: delta, no verdict
 
 
 def test_query_table_csv_json_and_refusal(ws: Path, capsys) -> None:

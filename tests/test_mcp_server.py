@@ -568,8 +568,8 @@ def test_compare_runs(srv, runs):
     assert [r["name"] for r in out["runs"]] == ["sdft_lr_small", "sdft_lr_large"]
     lr = next(v for k, v in out["config_diff"].items() if k.endswith("learning_rate"))
     assert [float(x) for x in lr] == [1e-4, 3e-4]
-    assert out["deltas"]["val/val/pass@1"][0] == 0
-    assert out["deltas"]["val/val/pass@1"][1] == pytest.approx(0.0)  # both end at 1.0
+    pass1 = next(m for m in out["metrics"] if m["key"] == "val/val/pass@1")
+    assert pass1["delta"] == pytest.approx(0.0) and "verdict" in pass1  # both end at 1.0
     assert "at least 2" in err(srv, "compare_runs", runs=["sdft_lr_small"])
     assert "nope" in err(srv, "compare_runs", runs=["sdft_lr_small", "nope"])
 

@@ -159,6 +159,9 @@ def test_full_research_loop_on_the_real_model(ws, tmp_path):
     assert scored["status"] == "completed" and scored["kind"] == "score", scored
     assert scored["step"] == scored["max_steps"] == 2 and "val/val/pass@1" in scored["final_metrics"]
     assert any("tasks 2/2" in m or "tasks" in m for m in progress)
+    assert "val/val/pass@1_stderr" in scored["final_metrics"] and "val/val/pass@1_stderr" in keys
+    assert scored["scores"]["val/val/pass@1"].endswith("(95% CI, 2 tasks)")
+    assert out["wait"]["scores"]["val/val/pass@1"].endswith("(95% CI, 2 tasks)")
     assert ["stdio_loop", "val/val/pass@1"] in [r[:2] for r in out["query"]["rows"]]
     listed = {r["id"]: r for r in out["list"]["runs"]}
     mine = listed[out["launch"]["run_id"]]

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from evsys_core.benchmarks.passk import compute_metrics, parse_metric, pass_at_k, samples_needed
+from evsys_core.benchmarks.passk import (METRIC_PATTERN, parse_metric, pass_at_k, per_task_values,
+                                         samples_needed, sampling_defaults)
 
 
 @pytest.mark.parametrize("n, c, k, want", [
@@ -74,14 +75,37 @@ def test_samples_needed():
     assert samples_needed(["mean_score"]) == 1
 
 
-def test_compute_metrics_means_over_tasks():
+def test_per_task_values_one_per_task():
     per_task = [
         [(1.0, True), (0.0, False), (1.0, True), (0.0, False)],   # c=2 of 4
         [(0.5, False), (0.5, False), (0.5, False), (0.5, False)],  # partial credit, no pass
     ]
-    out = compute_metrics(["pass@1", "pass@2", "mean_score"], per_task)
-    assert out["pass@1"] == pytest.approx((0.5 + 0.0) / 2)
-    assert out["pass@2"] == pytest.approx(((1 - 1 / 6) + 0.0) / 2)   # 1 - C(2,2)/C(4,2)
-    assert out["mean_score"] == pytest.approx((0.5 + 0.5) / 2)
+    out = per_task_values(["pass@1", "pass@2", "mean_score"], per_task)
+    assert out["pass@1"] == pytest.approx([0.5, 0.0])
+    assert out["pass@2"] == pytest.approx([1 - 1 / 6, 0.0])   # 1 - C(2,2)/C(4,2)
+    assert out["mean_score"] == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError):
-        compute_metrics(["pass@1"], [])
+        per_task_values(["pass@1"], [])
+
+
+def test_sampling_defaults_are_the_one_rule():
+    assert sampling_defaults(["pass@4", "pass@1"]) == (4, 1.0, 64)
+    assert sampling_defaults(["mean_score"]) == (1, 0.0, 64)
+    assert sampling_defaults(["pass@1"], 3, None, 16) == (3, 1.0, 16)
+    assert sampling_defaults(["pass@1"], None, 0.7) == (1, 0.7, 64)
+    with pytest.raises(ValueError, match="pass@8 needs at least 8 samples per task but "
+                                         "num_samples is 2; raise num_samples to 8"):
+        sampling_defaults(["pass@1", "pass@8"], 2)
+
+
+@pytest.mark.parametrize("name", ["pass@1", "pass@16", "mean_score", "pass@01", "pass@0",
+                                  "pass@", "mean", "pass@1 "])
+def test_schema_pattern_accepts_what_parse_metric_accepts(name):
+    import re
+
+    try:
+        parse_metric(name)
+        parsed = name.strip() == name
+    except ValueError:
+        parsed = False
+    assert bool(re.fullmatch(METRIC_PATTERN, name)) == parsed

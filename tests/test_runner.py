@@ -4,6 +4,7 @@ reruns, resume, and the sdft teacher/student prompts."""
 from __future__ import annotations
 
 import io
+import re
 import json
 from pathlib import Path
 
@@ -81,7 +82,13 @@ def test_each_algorithm_writes_the_run_directory_contract(tmp_path, tiny_model_d
     assert extra <= set(train[-1]["metrics"])
     assert "Status: completed" in printed and "Metrics: {" in printed
     assert "(metrics.jsonl, predictions/, summary.md)" in printed
-    assert "val/val/pass@1" in result.metrics
+    assert "val/val/pass@1" in result.metrics and result.metrics["val/val/n_tasks"] == 3
+    # scores are shown with their interval: progress lines, the Metrics line and summary.md
+    shown = re.compile(r"val/val/pass@1'?(?:=|:? )'?\d\.\d{3} ± \d\.\d{3} \(95% CI, 3 tasks\)")
+    assert "'val/val/pass@1': '" in printed   # the Metrics line holds the shown text too
+    assert len(shown.findall(printed)) >= 4   # eval steps 0, 1, 2 and the final Metrics line
+    summary = (result.run_dir / "summary.md").read_text()
+    assert len(shown.findall(summary)) == 4 and "pass@1_stderr" not in summary
     assert result.metrics["train/mean_loss"] == train[-1]["metrics"]["train/mean_loss"]
 
 
@@ -121,10 +128,61 @@ def test_resume_continues_from_the_last_checkpoint_without_logging_a_step_twice(
     assert [r["step"] for r in rows if r["split"] == "val"] == [0, 2, 3]
 
 
-def test_resume_refuses_a_directory_without_checkpoint(tmp_path):
-    (tmp_path / "config.yaml").write_text("")
-    with pytest.raises(RunError, match="no checkpoint"):
-        evsys_core.run(None, resume=tmp_path)
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_completed_run_is_refused_and_writes_nothing(tmp_path, tiny_model_dir):
+    from evsys_core.cli import main
+
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
+    first, _ = run(ws, "algorithm.params.max_steps=1")
+    before = _tree(first.run_dir)
+    with pytest.raises(RunError, match="already completed"):
+        run(ws, resume=first.run_dir)
+    assert main(["run", "--resume", str(first.run_dir), "--workspace", str(ws)]) != 0
+    assert _tree(first.run_dir) == before  # no duplicate eval, no rewritten file
+
+
+def test_resume_records_its_overrides_and_reads_weights_from_its_own_copy(tmp_path, tiny_model_dir):
+    import shutil
+
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "checkpoint_every: 1", bench="run_every: 2")
+    first, _ = run(ws, "algorithm.params.max_steps=3")
+    latest = json.loads((first.run_dir / "checkpoints" / "latest.json").read_text())
+    assert latest["path"] == "checkpoints/final"  # relative to the run directory
+    # a copy of a run that died after step 2, its pointer as older versions wrote it (absolute,
+    # into the original) — and the original's weights gone: the copy must use its own
+    run_dir = ws / "outputs" / "copied"
+    shutil.copytree(first.run_dir, run_dir)
+    (run_dir / "checkpoints" / "latest.json").write_text(json.dumps(
+        {"step": 2, "path": str(first.run_dir / "checkpoints" / "step_000002")}))
+    shutil.rmtree(first.run_dir / "checkpoints")
+    info = json.loads((run_dir / "run.json").read_text())
+    rundir.write_json_atomic(run_dir / "run.json", {**info, "status": "interrupted"})
+
+    resumed, printed = run(ws, "algorithm.params.max_steps=4", resume=run_dir)
+    assert resumed.status == "completed", printed
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["step"] == 4 and info["resumes"][-1]["overrides"] == ["algorithm.params.max_steps=4"]
+    assert info["resumes"][-1]["from_step"] == 2
+    assert "max_steps: 4" in (run_dir / "config.yaml").read_text()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+
+
+def test_resume_without_a_checkpoint_starts_over_logging_each_step_once(tmp_path, tiny_model_dir):
+    import shutil
+
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "checkpoint_every: 0", bench="run_every: 1")
+    first, _ = run(ws, "algorithm.params.max_steps=2")
+    shutil.rmtree(first.run_dir / "checkpoints")  # killed before its first checkpoint
+    info = json.loads((first.run_dir / "run.json").read_text())
+    rundir.write_json_atomic(first.run_dir / "run.json", {**info, "status": "interrupted"})
+    resumed, printed = run(ws, resume=first.run_dir)
+    assert resumed.status == "completed", printed
+    check_contract(first.run_dir, 2, [0, 1, 2])
 
 
 def test_bad_input_fails_before_any_file_is_written(tmp_path, tiny_model_dir):

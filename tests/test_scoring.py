@@ -87,11 +87,17 @@ def test_evaluate_metrics_and_predictions(sampler, bench):
     spy = Spy(sampler)
     result = evaluate(spy, tok, spec, tasks)
 
-    assert set(result.metrics) == {"test/toy/pass@1", "test/toy/pass@2", "test/toy/mean_score"}
+    names = ("test/toy/pass@1", "test/toy/pass@2", "test/toy/mean_score")
+    assert set(result.metrics) == {*names, *(k + "_stderr" for k in names), "test/toy/n_tasks"}
     # "any" always passes, "never" never does, "py" scores 0.5 (partial credit, no pass)
     assert result.metrics["test/toy/pass@1"] == pytest.approx(1 / 3)
     assert result.metrics["test/toy/pass@2"] == pytest.approx(1 / 3)
     assert result.metrics["test/toy/mean_score"] == pytest.approx((1 + 0 + 0.5) / 3)
+    # stderr over the 3 per-task values: [1, 0, 0] -> sd sqrt(1/3), / sqrt(3) = 1/3;
+    # [1, 0, 0.5] -> sd 0.5, / sqrt(3)
+    assert result.metrics["test/toy/pass@1_stderr"] == pytest.approx(1 / 3)
+    assert result.metrics["test/toy/mean_score_stderr"] == pytest.approx(0.5 / 3 ** 0.5)
+    assert result.metrics["test/toy/n_tasks"] == 3
 
     rows = result.predictions
     assert len(rows) == 3 * 2                                   # num_samples = max k = 2
@@ -124,7 +130,7 @@ def test_evaluate_greedy_single_sample_is_deterministic_and_uses_system_prompt(s
     assert spy.params[0].temperature == 0.0 and len(first.predictions) == 3
     assert [r["answer"] for r in first.predictions] == [r["answer"] for r in second.predictions]
     assert spy.prompts[0] == render.user_prompt_tokens(tok, tasks[0].instruction, "Be brief.")
-    assert set(first.metrics) == {"val/toy/pass@1"}
+    assert set(first.metrics) == {"val/toy/pass@1", "val/toy/pass@1_stderr", "val/toy/n_tasks"}
 
 
 def test_pass_at_k_agrees_with_the_prediction_rows(sampler, tmp_path):
@@ -166,7 +172,7 @@ def test_sampling_settings_defaults_and_errors(tmp_path):
     Spec.metrics = ["mean_score"]
     assert sampling_settings(Spec) == (1, 0.0, 64)
     Spec.metrics, Spec.num_samples = ["pass@8"], 2
-    with pytest.raises(ConfigError, match="num_samples is 2 but metric pass@8"):
+    with pytest.raises(ConfigError, match="pass@8 needs at least 8 samples per task but num_samples is 2"):
         sampling_settings(Spec)
     Spec.metrics, Spec.num_samples = ["acc"], None
     with pytest.raises(ConfigError, match="unknown metric 'acc'"):
@@ -194,7 +200,10 @@ def test_score_base_model_writes_a_run_directory(tmp_path, bench, tiny_model_dir
     assert info["parent_run_id"] is None and info["id"] == result.run_id
     assert metrics == [{"step": 0, "split": "val",
                         "metrics": {"val/bench/pass@1": pytest.approx(1 / 3),
-                                    "val/bench/mean_score": pytest.approx(0.5)}}]
+                                    "val/bench/pass@1_stderr": pytest.approx(1 / 3),
+                                    "val/bench/mean_score": pytest.approx(0.5),
+                                    "val/bench/mean_score_stderr": pytest.approx(0.5 / 3 ** 0.5),
+                                    "val/bench/n_tasks": 3}}]
     assert result.metrics == metrics[0]["metrics"]
     assert info["final_metrics"] == result.metrics
     preds = list(rundir.read_jsonl(run_dir / "predictions" / "bench.jsonl"))
@@ -214,7 +223,8 @@ def test_score_cli_json_and_errors(tmp_path, bench, tiny_model_dir, capsys):
                      "--split", "test", "--json", "--workspace", str(tmp_path)])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(printed["metrics"]) == {"test/capitals/pass@1"}
+    assert set(printed["metrics"]) == {"test/capitals/pass@1", "test/capitals/pass@1_stderr",
+                                       "test/capitals/n_tasks"}
     assert Path(printed["run_dir"]).parent == out
     assert (Path(printed["run_dir"]) / "predictions" / "capitals.jsonl").is_file()
 
@@ -276,7 +286,8 @@ def test_score_a_runs_trained_weights(tmp_path, bench, service, tiny_model_dir):
     assert info["score"]["model_path"] == "outputs/my_run/checkpoints/final"  # relative to the workspace
     assert info["kind"] == "score" and info["step"] == info["max_steps"]  # progress: tasks scored of all
     assert info["score"]["max_tokens"] == 5
-    assert set(metrics[0]["metrics"]) == {"heldout/caps/pass@1"}
+    assert set(metrics[0]["metrics"]) == {"heldout/caps/pass@1", "heldout/caps/pass@1_stderr",
+                                          "heldout/caps/n_tasks"}
     assert result.run_dir.name == "caps-my_run"
     # a freshly initialised LoRA adapter is the identity: same greedy answers as the base
     base = score_benchmark(tmp_path, bench, model=str(tiny_model_dir), max_tokens=5,

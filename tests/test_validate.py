@@ -196,7 +196,7 @@ def test_pass_at_k_above_num_samples_in_json_report(tmp_path, capsys):
     assert error == {"file": str(config), "line": 9, "column": 45,
                      "field": "metadata.benchmark.0.metrics.0", "severity": "error",
                      "message": "pass@4 needs at least 4 samples per task but num_samples is 2; "
-                                "raise num_samples to 4 or use pass@2"}
+                                "raise num_samples to 4 (or leave it unset) or use pass@2"}
 
 
 def test_output_dir_that_cannot_be_created(tmp_path, capsys):

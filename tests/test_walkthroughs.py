@@ -56,3 +56,31 @@ def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model,
     capsys.readouterr()
     assert cli(["runs", "--json", "--workspace", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == result.run_dir.name
+
+
+def test_score_writes_a_stderr_for_every_metric_and_compare_pairs_it(tmp_path, default_model, capsys):
+    bench = "examples/sdft_walkthrough/data/val"
+    args = ["score", "--benchmark", bench, "--model", "SmolLM2-135M-Instruct", "--max-tokens", "12",
+            "--workspace", str(REPO)]
+    assert cli([*args, "--metrics", "pass@1", "pass@2", "mean_score", "--num-samples", "2",
+                "--output", str(tmp_path / "sampled")]) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "sampled").iterdir()
+    (row,) = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    n = n_tasks(bench)
+    names = ("val/val/pass@1", "val/val/pass@2", "val/val/mean_score")
+    assert set(row["metrics"]) == {*names, *(k + "_stderr" for k in names), "val/val/n_tasks"}
+    assert row["metrics"]["val/val/n_tasks"] == n
+    assert all(0 <= row["metrics"][k + "_stderr"] <= 0.5 for k in names)
+    assert out.count(f"(95% CI, {n} tasks)") == 3
+
+    # two greedy scorings of the same model answer the same: delta 0, inconclusive
+    for name in ("a", "b"):
+        assert cli([*args, "--output", str(tmp_path / "greedy"), "--name", "val"]) == 0
+    capsys.readouterr()
+    a, b = sorted(p.name for p in (tmp_path / "greedy").iterdir())
+    assert cli(["compare", str(tmp_path / "greedy" / a), str(tmp_path / "greedy" / b), "--json",
+                "--workspace", str(tmp_path)]) == 0
+    (m,) = json.loads(capsys.readouterr().out)["metrics"]
+    assert (m["key"], m["delta"], m["p_value"], m["n_tasks"], m["verdict"]) == \
+        ("val/val/pass@1", 0.0, 1.0, n, "inconclusive")

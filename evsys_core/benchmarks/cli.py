@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import RunError, UsageError
+from evsys_core.stats import format_metrics
 
 
 @dataclass
@@ -42,7 +43,7 @@ class _Spec:
     split: str = "val"
     metrics: list[str] = field(default_factory=lambda: ["pass@1"])
     num_samples: int | None = None
-    max_tokens: int | None = 64
+    max_tokens: int | None = None
     temperature: float | None = None
 
 
@@ -54,9 +55,6 @@ class _Target:
     parent: dict[str, Any] | None = None
     parent_dir: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
-
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _resolve(workspace: Path, p: str | Path) -> Path:
@@ -89,17 +87,17 @@ def _run_target(run_dir: Path, backend: str | None) -> _Target:
     if info.get("status") == rundir.ACTIVE:
         raise RunError(f"{run_dir}: the run is still running (pid {info.get('pid')}); wait for "
                        "it to finish, or score a checkpoint after it ends")
+    from evsys_core import checkpoints
+
     ckpts = run_dir / rundir.CHECKPOINTS
     model_path = None
-    latest = ckpts / "latest.json"
-    if latest.is_file():
-        try:
-            pointer = json.loads(latest.read_text())
-            if pointer.get("name") == "final":
-                model_path = str(pointer["path"])
-        except (OSError, ValueError, KeyError, AttributeError):
-            pass
-    if model_path is None and (ckpts / "final").exists():
+    try:
+        found = checkpoints.latest(run_dir)
+    except RunError:
+        found = None
+    if found and found[1].startswith("tinker://") and found[2] == "final":
+        model_path = found[1]
+    elif (ckpts / "final").exists():
         model_path = str(ckpts / "final")
     if model_path is None:
         raise RunError(f"{run_dir}: no final checkpoint ({ckpts / 'final'} is missing; the run's "
@@ -216,12 +214,12 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
         split=split or entry.get("split") or "val",
         metrics=list(metrics or entry.get("metrics") or ["pass@1"]),
         num_samples=num_samples if num_samples is not None else entry.get("num_samples"),
-        max_tokens=max_tokens if max_tokens is not None else entry.get("max_tokens", 64),
+        max_tokens=max_tokens if max_tokens is not None else entry.get("max_tokens"),
         temperature=temperature if temperature is not None else entry.get("temperature"),
     )
     for what, value in (("benchmark name (name, else the directory name)", spec.name),
                         ("split", spec.split)):
-        if not _SAFE_NAME.fullmatch(str(value)):
+        if not safefs.SAFE_NAME.fullmatch(str(value)):
             raise UsageError(f"{what} {value!r}: use only letters, digits, '.', '_' and '-'; "
                              "it becomes part of the metric keys <split>/<name>/<metric>")
     n, temp, max_tok = sampling_settings(spec)  # ConfigError on metrics/num_samples mismatch
@@ -229,7 +227,7 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
     for line, task in numbered:
         check_spec(task.verifier, bench_dir, line=line, task_id=task.task_id)
     out_dir = _resolve(workspace, output) if output else workspace / "outputs" / "scores"
-    problem = rundir.output_dir_problem(out_dir)
+    problem = rundir.output_dir_problem(out_dir, workspace)
     if problem:
         raise RunError(f"cannot write the score's run directory under {out_dir}: {problem}; "
                        "give output a writable directory")
@@ -269,7 +267,7 @@ def run_score(plan: ScorePlan, run_dir: Path | None = None, stream: Any = None) 
 
     target, spec, tasks = plan.target, plan.spec, plan.tasks
     if run_dir is None:
-        run_dir = rundir.claim_run_dir(plan.out_dir, plan.dir_name)
+        run_dir = rundir.claim_run_dir(plan.out_dir, plan.dir_name, plan.workspace)
     claimed = rundir.read_run_json(run_dir)  # a launcher's record: keep its id
     logger = LocalLogger(run_dir, score_record(plan, run_dir, run_id=claimed.get("id")))
     logger.update()
@@ -359,6 +357,6 @@ def _handle(args: argparse.Namespace) -> int:
                           "status": "completed", "metrics": result.metrics}))
     else:
         print("Status: completed")
-        print(f"Metrics: {result.metrics}")
+        print(f"Metrics: {format_metrics(result.metrics)}")
         print(f"Logs: {result.run_dir} (metrics.jsonl, predictions/, summary.md)")
     return 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from evsys_core import render
+from evsys_core import render, stats
 from evsys_core.benchmarks import passk
 from evsys_core.benchmarks.verifiers import Verdict, check_spec, verify
 from evsys_core.errors import BackendError, ConfigError, DataError
@@ -20,30 +20,19 @@ from evsys_core.errors import BackendError, ConfigError, DataError
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float]                      # "<split>/<name>/<metric>" -> value
+    metrics: dict[str, float]  # "<split>/<name>/<metric>" -> value, "..._stderr", "<split>/<name>/n_tasks"
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def sampling_settings(spec: Any) -> tuple[int, float, int]:
-    """(num_samples, temperature, max_tokens) with the documented defaults filled in:
-    num_samples = the largest k among the pass@k metrics; temperature 0.0 for one sample,
-    else 1.0."""
-    metrics = list(getattr(spec, "metrics", None) or ["pass@1"])
-    where = f"benchmark {getattr(spec, 'name', '?')!r}"
+    """(num_samples, temperature, max_tokens) of a spec, defaults from passk.sampling_defaults."""
     try:
-        needed = passk.samples_needed(metrics)
+        return passk.sampling_defaults(list(getattr(spec, "metrics", None) or ["pass@1"]),
+                                       getattr(spec, "num_samples", None),
+                                       getattr(spec, "temperature", None),
+                                       getattr(spec, "max_tokens", None))
     except ValueError as e:
-        raise ConfigError(f"{where}: metrics: {e}") from None
-    n = getattr(spec, "num_samples", None) or needed
-    if n < needed:
-        raise ConfigError(f"{where}: num_samples is {n} but metric pass@{needed} needs at "
-                          f"least {needed} samples per task; raise num_samples to {needed} "
-                          "or leave it unset")
-    temperature = getattr(spec, "temperature", None)
-    if temperature is None:
-        temperature = 0.0 if n == 1 else 1.0
-    max_tokens = getattr(spec, "max_tokens", None) or 64
-    return int(n), float(temperature), int(max_tokens)
+        raise ConfigError(f"benchmark {getattr(spec, 'name', '?')!r}: metrics: {e}") from None
 
 
 def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[Any], *,
@@ -97,6 +86,5 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
         if on_task is not None:
             on_task(len(per_task))
 
-    values = passk.compute_metrics(list(spec.metrics or ["pass@1"]), per_task)
-    prefix = f"{spec.split}/{spec.name}/"
-    return EvalResult({prefix + k: v for k, v in values.items()}, predictions)
+    values = passk.per_task_values(list(spec.metrics or ["pass@1"]), per_task)
+    return EvalResult(stats.with_uncertainty(f"{spec.split}/{spec.name}/", values), predictions)

@@ -61,9 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="rank training runs (default), score runs, or all")
     p.set_defaults(func=cmd_best)
 
-    p = subparsers.add_parser("compare", parents=[common],
-                              help="config differences and metric deltas of two or more runs")
-    p.add_argument("runs", nargs="+", metavar="RUN")
+    p = subparsers.add_parser(
+        "compare", parents=[common], help="is CAND better than BASE? paired, with a verdict",
+        description="Config differences of two runs and, per shared metric, both values and the "
+        "delta CAND - BASE. Eval metrics are paired task by task (predictions/<bench>.jsonl) at "
+        "each run's final evaluation or --step: 95% CI of the delta, p-value of an exact "
+        "McNemar / sign-flip test, and a verdict (better, worse, inconclusive at alpha 0.05).")
+    p.add_argument("base", metavar="BASE", help="the reference run")
+    p.add_argument("cand", metavar="CAND", help="the run compared with it")
+    p.add_argument("--metric", metavar="KEY", help="only this metric, e.g. val/val/pass@1")
+    p.add_argument("--step", type=int, metavar="S",
+                   help="compare at evaluation step S in both runs (default: each run's final)")
     p.set_defaults(func=cmd_compare)
 
     p = subparsers.add_parser(
@@ -114,6 +122,7 @@ def _kind(args: argparse.Namespace) -> str | None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
+    from evsys_core.stats import is_companion
 
     rows = _index(args).runs(where=args.where, sort=args.sort, limit=args.limit, kind=_kind(args))
     if args.json:
@@ -126,7 +135,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for r in rows:
         for k in r["metrics"]:
-            counts[k] = counts.get(k, 0) + 1
+            if not is_companion(k):  # K_stderr and n_tasks stay in --json
+                counts[k] = counts.get(k, 0) + 1
     keys = sorted(counts, key=lambda k: (-counts[k], k))[:MAX_METRIC_COLUMNS]
     keys.sort()
     cols = ["name", "status", "algorithm", "model", "steps", *keys, "age"]
@@ -167,13 +177,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     if info["config"]:
         print("\nconfig")
         tables.print_pairs(list(flatten(info["config"]).items()))
-    if info["metrics"]:
+    scores = [m for m in info["metrics"] if m["shown"] is not None]  # K_stderr, n_tasks folded in
+    if scores:
         print()
         tables.print_table(
             ["metric", "final", "at step", "max", "max step", "min", "min step", "points"],
-            [[m["key"], m["final"], m["final_step"], m["max_value"], m["max_step"],
-              m["min_value"], m["min_step"], m["n"]] for m in info["metrics"]],
-            title="metrics")
+            [[m["key"], m["shown"], m["final_step"], m["max_value"], m["max_step"],
+              m["min_value"], m["min_step"], m["n"]] for m in scores],
+            title="metrics (± is the 95% interval over tasks)", max_width=90)
     if info["predictions"]:
         print()
         tables.print_table(
@@ -216,18 +227,18 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
 
-    info = _index(args).compare(args.runs)
+    info = _index(args).compare(args.base, args.cand, metric=args.metric, step=args.step)
     if args.json:
         tables.print_json(info)
         return 0
-    names = [r["name"] for r in info["runs"]]
-    tables.print_table(["", *names],
+    base, cand = (r["name"] for r in info["runs"])
+    tables.print_table(["", f"BASE {base}", f"CAND {cand}"],
                        [["status", *(r["status"] for r in info["runs"])],
                         ["steps", *(r["steps"] for r in info["runs"])],
                         ["run id", *(r["run_id"] for r in info["runs"])]])
     print()
     if info["config"]:
-        tables.print_table(["config", *names], [[c["key"], *c["values"]] for c in info["config"]],
+        tables.print_table(["config", base, cand], [[c["key"], *c["values"]] for c in info["config"]],
                            title=f"config differences ({info['config_keys_same']} keys equal)")
     else:
         print(f"configs are identical ({info['config_keys_same']} keys)")
@@ -235,13 +246,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print()
         rows = []
         for m in info["metrics"]:
-            cells = [m["final"][0]]
-            for v, d in zip(m["final"][1:], m["delta"][1:]):
-                cells.append(f"{tables.fmt(v)} ({'+' if d and d > 0 else ''}{tables.fmt(d)})"
-                             if d is not None else v)
-            rows.append([m["key"], *cells])
-        tables.print_table(["metric (final)", names[0], *(f"{n} (Δ)" for n in names[1:])], rows,
-                           title="metrics")
+            shown = m.get("shown") or {}
+            delta = "-" if m["delta"] is None else f"{m['delta']:+.3g}"
+            if m["verdict"] is not None:
+                delta += f" [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
+            rows.append([m["key"], shown.get("base", m["base"]), shown.get("cand", m["cand"]),
+                         delta, m.get("p_value"), m.get("n_tasks"),
+                         m["verdict"] or f"- ({m.get('note', 'no verdict')})"])
+        tables.print_table(["metric", "BASE", "CAND", "delta (95% CI)", "p", "tasks", "verdict"],
+                           rows, title="metrics (CAND - BASE)", max_width=90)
+        print(f"\n{info['note']}; alpha = {info['alpha']}.")
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
 import duckdb
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import RunError, UsageError
 from evsys_core.history import reports, schema, snapshot
 from evsys_core.history.ingest import format_conclusion
@@ -98,11 +98,15 @@ class Index:
                         return stats
                     hint = (snap.ident, walk)
             try:
-                self.dir.mkdir(exist_ok=True)
+                safefs.makedirs(self.dir, self.workspace)  # never a link out of the workspace
+                for p in (self.db_path, Path(f"{self.db_path}.wal")):  # DuckDB follows links
+                    if p.is_symlink():
+                        raise safefs.UnsafePathError(f"refusing to write {p}: it is a symbolic "
+                                                     "link; remove it (the index is rebuilt)")
             except OSError as e:
                 raise HistoryIndexError(f"cannot create the run index folder {self.dir}: {e}; pass "
                                "--workspace to a folder you can write to") from None
-            with file_lock(str(self.lock_path), exclusive=True):
+            with file_lock(str(self.lock_path), exclusive=True, root=self.workspace):
                 return self._refresh_locked(full, set(runs), hint)
 
     def _refresh_locked(self, full: bool, force: set[str], hint: tuple | None) -> RefreshStats:
@@ -125,7 +129,7 @@ class Index:
                     snap = refresher.snapshot()
                 finally:
                     con.close()
-                snapshot.save(str(self.snapshot_path), str(self.db_path), snap)
+                snapshot.save(str(self.snapshot_path), str(self.db_path), snap, root=self.workspace)
             except _Outdated as e:
                 warn(f"the run index was built by another version of evsys (schema {e}); "
                      "rebuilding it from the run directories")
@@ -172,7 +176,7 @@ class Index:
         con.execute(schema.create_sql())
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [schema.SCHEMA_VERSION])
         con.execute("COMMIT")
-        self._marker().touch()
+        safefs.append(self._marker(), b"", self.workspace)
         return True
 
     def _discard(self, damage: str | None) -> None:
@@ -205,7 +209,7 @@ class Index:
                     self.refresh()
                 seen = _file_id(self.db_path)
                 try:
-                    with file_lock(str(self.lock_path), exclusive=False):
+                    with file_lock(str(self.lock_path), exclusive=False, root=self.workspace):
                         con = connect(str(self.db_path), read_only=True)
                         try:
                             return fn(con)
@@ -219,7 +223,7 @@ class Index:
                     damage = str(e)
                 if attempt == 2:
                     break
-                with file_lock(str(self.lock_path), exclusive=True):
+                with file_lock(str(self.lock_path), exclusive=True, root=self.workspace):
                     if _file_id(self.db_path) == seen:  # nobody rebuilt it meanwhile
                         self._discard(damage)
                 self.refresh()
@@ -284,8 +288,9 @@ class Index:
              offset: int = 0) -> list[dict[str, Any]]:
         return self._read(lambda con: reports.best(con, metric, maximize, where, by, limit, kind, offset))
 
-    def compare(self, runs: Sequence[str]) -> dict[str, Any]:
-        return self._read(lambda con: reports.compare(con, self.workspace, runs))
+    def compare(self, base: str, cand: str, metric: str | None = None,
+                step: int | None = None) -> dict[str, Any]:
+        return self._read(lambda con: reports.compare(con, self.workspace, base, cand, metric, step))
 
     def curves(self, run: str, keys: Sequence[str] | None = None, split: str | None = None,
                max_points: int | None = None) -> dict[str, Any]:
@@ -319,11 +324,7 @@ def conclude(workspace: Path | str, run: str, text: str, author: str = "human") 
                 tail = f.read()
             entry = ("" if tail.endswith(b"\n\n") else "\n" if tail.endswith(b"\n")
                      else "\n\n") + entry
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, entry.encode())
-        finally:
-            os.close(fd)
+        safefs.append(path, entry, idx.workspace)  # no link out of the workspace
     except OSError as e:
         raise RunError(f"cannot write {path}: {e}") from None
     idx.refresh(runs=[r["path"]])

@@ -261,11 +261,24 @@ def to_str(v: Any) -> str | None:
 # ------------------------------------------------------------------- conclusion.md
 
 _ENTRY = re.compile(r"^## (\S+) [—-] (.*)$")
+_HEADING_LIKE = re.compile(r"^(\\*)## ")  # a line a reader could take for an entry's header
+
+
+def escape_conclusion(text: str) -> str:
+    """The text with one backslash before every line that starts with `## ` (after any
+    backslashes), so no line of it reads as an entry's header; `unescape_line` undoes it."""
+    return "".join("\\" + line if _HEADING_LIKE.match(line) else line
+                   for line in text.splitlines(keepends=True))
+
+
+def unescape_line(line: str) -> str:
+    return line[1:] if line.startswith("\\") and _HEADING_LIKE.match(line) else line
 
 
 def parse_conclusions(text: str, fallback_time: float) -> list[tuple[float | None, str, str]]:
-    """Entries `## <ISO-8601 UTC time> — <author>` then text; text before the first header
-    (a hand-written file) becomes one entry by "unknown" at the file's mtime."""
+    """Entries `## <ISO-8601 UTC time> — <author>` then text, whose heading-like lines evsys
+    wrote escaped (`escape_conclusion`); text before the first header (a hand-written file)
+    becomes one entry by "unknown" at the file's mtime."""
     entries: list[tuple[float | None, str, str]] = []
     cur: list[str] = []
     head: tuple[float | None, str] | None = None
@@ -285,7 +298,7 @@ def parse_conclusions(text: str, fallback_time: float) -> list[tuple[float | Non
             close()
             head, cur = (t, m.group(2).strip() or "unknown"), []
         else:
-            cur.append(line)
+            cur.append(unescape_line(line))
     close()
     return entries
 
@@ -301,10 +314,12 @@ def _parse_time(s: str) -> float | None:
 
 
 def format_conclusion(text: str, author: str, when: float | None = None) -> str:
-    """One conclusion.md entry (the format pinned in docs/internals.md)."""
+    """One conclusion.md entry (the format pinned in docs/internals.md): the author on one
+    line, the text escaped so that it cannot make a second entry."""
     stamp = datetime.fromtimestamp(when if when is not None else time.time(), timezone.utc)
     iso = stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
-    return f"## {iso} — {author}\n\n{text.strip()}\n\n"
+    author = " ".join(author.split()) or "unknown"
+    return f"## {iso} — {author}\n\n{escape_conclusion(text.strip())}\n\n"
 
 
 # ------------------------------------------------------------------------ the run row

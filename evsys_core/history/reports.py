@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import duckdb
 
-from evsys_core import rundir
+from evsys_core import rundir, stats
 from evsys_core.errors import RunError, UsageError
 from evsys_core.history.ingest import CONFIG, flatten
 from evsys_core.history.schema import COLUMNS, PUBLIC_TABLES
@@ -281,6 +281,10 @@ def show(con: Any, workspace: Path, run: str) -> dict[str, Any]:
         "ORDER BY split = 'train', key", [run_id]))
     for m in metrics:
         m["final"] = metric_value(m.pop("final_value"), m.pop("final_text"))
+    finals = {m["key"]: m["final"] for m in metrics}
+    shown = stats.format_metrics(finals)
+    for m in metrics:  # a score's final value with its 95% interval, as everywhere else
+        m["shown"] = shown.get(m["key"])
     preds = _dicts(con.execute("""
         WITH last AS (SELECT benchmark, max(step) AS step FROM predictions WHERE run_id = ?
                       GROUP BY benchmark)
@@ -361,13 +365,17 @@ def _referenced_keys(con: Any, *texts: str | None) -> list[str]:
     return [k for k, _, _ in metric_keys(con) if k in text]
 
 
-def compare(con: Any, workspace: Path, runs: Sequence[str]) -> dict[str, Any]:
-    if len(runs) < 2:
-        raise UsageError("compare needs at least two runs")
-    rows = [resolve(con, workspace, r) for r in runs]
-    ids = [r["run_id"] for r in rows]
-    if len(set(ids)) < len(ids):
-        raise UsageError(f"the same run is given twice: {', '.join(runs)}")
+def compare(con: Any, workspace: Path, base: str, cand: str, metric: str | None = None,
+            step: int | None = None) -> dict[str, Any]:
+    """BASE and CAND: their config differences and, per shared metric, both values, the
+    delta CAND − BASE and (eval metrics) the paired test and verdict (see history/paired.py)."""
+    from evsys_core.history import paired
+
+    rows = [resolve(con, workspace, r) for r in (base, cand)]
+    if rows[0]["run_id"] == rows[1]["run_id"]:
+        raise UsageError(f"BASE and CAND are the same run ({rows[0]['name']}); compare two runs")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise UsageError(f"--step must be an evaluation step (an integer >= 0), got {step!r}")
     configs = [flatten(json.loads(r["config"])) if r["config"] else {} for r in rows]
     for r, c in zip(rows, configs):  # what run.json knows, for runs without config.yaml
         for k in ("algorithm", "model", "backend"):
@@ -376,38 +384,21 @@ def compare(con: Any, workspace: Path, runs: Sequence[str]) -> dict[str, Any]:
     config_diff = []
     for k in keys:
         values = [c.get(k) for c in configs]
-        if any(json.dumps(v, sort_keys=True, default=str) !=
-               json.dumps(values[0], sort_keys=True, default=str) for v in values):
+        if json.dumps(values[0], sort_keys=True, default=str) != \
+                json.dumps(values[1], sort_keys=True, default=str):
             config_diff.append({"key": k, "values": values})
-    summary: dict[str, dict[str, tuple]] = {}
-    for run_id, key, split, value, text, mx, mn in con.execute(
-        "SELECT run_id, key, split, final_value, final_text, max_value, min_value "
-        "FROM metric_summary WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]
-    ).fetchall():
-        summary.setdefault(key, {})[run_id] = (split, metric_value(value, text), mx, mn)
-    metrics = []
-    for key in sorted(summary, key=lambda k: (next(iter(summary[k].values()))[0] == "train", k)):
-        per = summary[key]
-        finals = [per.get(i, (None, None))[1] for i in ids]
-        base = finals[0]
-        deltas = [
-            (v - base) if _num(v) and _num(base) else None for v in finals
-        ]
-        metrics.append({"key": key, "split": next(iter(per.values()))[0], "final": finals,
-                        "delta": deltas,
-                        "max": [per[i][2] if i in per else None for i in ids],
-                        "min": [per[i][3] if i in per else None for i in ids]})
     return {
         "runs": [{"run_id": r["run_id"], "name": r["name"], "status": r["status"],
                   "path": r["path"], "steps": r["steps"]} for r in rows],
         "config": config_diff,
         "config_keys_same": len(keys) - len(config_diff),
-        "metrics": metrics,
+        "alpha": stats.ALPHA,
+        "step": step,
+        "metrics": paired.compare_metrics(con, rows[0], rows[1], metric=metric, step=step),
+        "note": ("eval metrics are paired by task_id at each run's final evaluation (or --step); "
+                 "verdict: better / worse when the paired test's p < alpha, else inconclusive; "
+                 "training metrics have no per-task predictions: delta only, no verdict"),
     }
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def curves(con: Any, workspace: Path, run: str, keys: Sequence[str] | None = None,

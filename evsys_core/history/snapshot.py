@@ -50,20 +50,19 @@ def db_identity(db_path: str) -> tuple:
     return tuple(out)
 
 
-def save(path: str, db_path: str, snap: Snapshot) -> None:
+def save(path: str, db_path: str, snap: Snapshot, root: str | os.PathLike | None = None) -> None:
     data = (
         FORMAT,
         db_identity(db_path),
         {p: (r.mtime_ns, r.kind, r.run_id) for p, r in snap.dirs.items()},
         {p: (lr.run_id, lr.pid, lr.inferred, lr.files) for p, lr in snap.live.items()},
     )
-    tmp = f"{path}.{os.getpid()}.tmp"
+    from evsys_core import safefs
+
     try:
-        with open(tmp, "wb") as f:
-            f.write(marshal.dumps(data))
-        os.replace(tmp, path)
+        safefs.write_atomic(path, marshal.dumps(data), root)  # leaves no temp file on failure
     except OSError:
-        discard(tmp)
+        discard(path)
 
 
 def load(path: str, db_path: str) -> Snapshot | None:

@@ -49,9 +49,13 @@ def warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: str, exclusive: bool, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold an flock on `path` (shared or exclusive), waiting up to `timeout_s`."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def file_lock(path: str, exclusive: bool, timeout_s: float = LOCK_TIMEOUT_S,
+              root: Any = None) -> Iterator[None]:
+    """Hold an flock on `path` (shared or exclusive), waiting up to `timeout_s`; the file is
+    never opened through a link out of `root` (safefs)."""
+    from evsys_core import safefs
+
+    fd = safefs.open_fd(path, os.O_RDWR | os.O_CREAT, root)
     try:
         op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         start = time.monotonic()

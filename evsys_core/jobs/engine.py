@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import ConfigError, EvsysError, RunError
 from evsys_core.jobs import pages, process
 from evsys_core.jobs.record import SCORE, TRAIN, kind_of, new_record, shown_path
@@ -59,7 +59,7 @@ def _write_provisional(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Create run.json unless the child already wrote its own (link(2) never replaces a file,
     so the child's record always wins); returns the record in force."""
     tmp = run_dir / f".run.json.provisional.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    safefs.write_new(tmp, json.dumps(info, indent=2, default=str) + "\n", run_dir)
     try:
         os.link(tmp, run_dir / rundir.RUN_JSON)
         return info
@@ -128,7 +128,7 @@ class Engine:
             else:
                 deep_check(Path(getattr(cfg, "source_path", None) or config), overrides)
                 output_dir, default_name = runner.output_of(cfg)
-                runner.check_writable(output_dir)  # this process writes the run's first files there
+                runner.check_writable(output_dir, self.workspace)  # this process writes the run's first files there
         except ConfigError as e:
             raise ConfigError(f"{shown_path(config, self.workspace)} is not valid, nothing was launched:\n{e}",
                               e.issues) from None
@@ -163,7 +163,7 @@ class Engine:
                config: Path | None, record_of: Callable[[Path, int], dict[str, Any]] | None = None) -> Launch:
         with self._capacity_lock():
             self.check_capacity(kind)
-            run_dir = rundir.claim_run_dir(output_dir, name)
+            run_dir = rundir.claim_run_dir(output_dir, name, self.workspace)
             proc = process.spawn(process.evsys_command(*args, "--run-dir", str(run_dir)),
                                  run_dir, self.workspace)
             self._children[proc.pid] = proc
@@ -263,7 +263,7 @@ class Engine:
             last = lines[-1] if lines else ""
         info.update(status="failed", provisional=False, ended_at=info.get("ended_at") or time.time(),
                     error=f"the job exited before it started: {last[:500]} (its log has the whole output)")
-        rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info)
+        rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info, run_dir)
         return info
 
     @staticmethod
@@ -339,7 +339,7 @@ class Engine:
         if info.get("status") == rundir.ACTIVE or (info.get("status") == "failed" and ended >= sent_at):
             info.update(status="interrupted", ended_at=info.get("ended_at") or time.time(),
                         error=f"cancelled ({used})", provisional=False)
-            rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info)
+            rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info, run_dir)
         return {"run_id": run_id, "status": info.get("status"), "was_running": True, "signal": used,
                 "message": f"stopped with {used} after {time.time() - sent_at:.1f} s; its files and "
                            "checkpoints are kept"}

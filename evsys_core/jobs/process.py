@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import psutil
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import RunError
 
 
@@ -43,8 +43,7 @@ def evsys_command(*args: str) -> list[str]:
 def spawn(cmd: Sequence[str], run_dir: Path, cwd: Path) -> subprocess.Popen:
     """Start `cmd` in its own session (so neither the caller's exit nor a signal to the caller's
     group reaches it), stdin closed, stdout and stderr appended to RUN_DIR/train.log."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(run_dir / rundir.TRAIN_LOG, flags, 0o644)
+    fd = safefs.open_fd(run_dir / rundir.TRAIN_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, run_dir)
     try:
         os.write(fd, f"# evsys launched at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: "
                      f"{shlex.join(cmd)}\n".encode())

@@ -151,8 +151,8 @@ class Agent:
         verdict = "first data point"
         if best_lr is not None:
             cmp = await self.tool("compare_runs", runs=[self.runs[best_lr], run])
-            d_pass = cmp["deltas"].get(PASS, [0, None])[1]
-            d_loss = cmp["deltas"].get(LOSS, [0, None])[1]
+            deltas = {m["key"]: m["delta"] for m in cmp["metrics"]}
+            d_pass, d_loss = deltas.get(PASS), deltas.get(LOSS)
             better = score(metrics) > score(self.tested[best_lr])
             verdict = (f"{'better' if better else 'not better'} than lr {best_lr:g} "
                        f"(Δpass@1 {fmt(d_pass)}, Δloss {fmt(d_loss)})")

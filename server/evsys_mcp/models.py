@@ -142,6 +142,8 @@ class RunStatus(BaseModel):
     elapsed_s: float | None = None
     error: str | None = None
     final_metrics: dict[str, float | None] = Field(default_factory=dict)
+    scores: dict[str, str] = Field(default_factory=dict, description=(
+        "final_metrics as shown to people: '0.727 ± 0.276 (95% CI, 11 tasks)' (± is 1.96 stderr)"))
     latest_metrics: dict[str, float | None] = Field(default_factory=dict, description="last logged value of each metric")
     log_tail: list[str] = Field(default_factory=list, description="last lines of train.log when the run failed")
     note: str | None = None
@@ -187,12 +189,29 @@ class QueryResult(BaseModel):
     note: str | None = None
 
 
-class CompareResult(BaseModel):
-    runs: list[RunRow]
-    config_diff: dict[str, list[Any]] = Field(
-        default_factory=dict, description="config field -> its value in each run (only fields that differ)")
-    metrics: dict[str, list[float | None]] = Field(
-        default_factory=dict, description="metric -> its final value in each run")
-    deltas: dict[str, list[float | None]] = Field(
-        default_factory=dict, description="metric -> value minus the first run's value, per run")
+class MetricComparison(BaseModel):
+    key: str
+    split: str | None = None
+    base: float | None = Field(None, description="BASE's value (eval metrics: mean over the paired tasks)")
+    cand: float | None = None
+    delta: float | None = Field(None, description="CAND - BASE")
+    ci_low: float | None = Field(None, description="95% interval of the delta")
+    ci_high: float | None = None
+    p_value: float | None = None
+    test: str | None = Field(None, description="mcnemar exact, sign-flip exact, or sign-flip with seeded draws")
+    n_tasks: int | None = Field(None, description="tasks paired by task_id")
+    base_step: int | None = None
+    cand_step: int | None = None
+    verdict: str | None = Field(None, description="better | worse | inconclusive (p < alpha); "
+                                "null for metrics without per-task predictions")
+    shown: dict[str, str] | None = Field(None, description="BASE and CAND as '0.727 ± 0.276 (95% CI, 11 tasks)'")
     note: str | None = None
+
+
+class CompareResult(BaseModel):
+    runs: list[RunRow] = Field(description="[BASE, CAND]")
+    config_diff: dict[str, list[Any]] = Field(
+        default_factory=dict, description="config field -> [BASE value, CAND value] (only fields that differ)")
+    alpha: float
+    metrics: list[MetricComparison] = Field(default_factory=list)
+    note: str = ""

@@ -9,16 +9,15 @@ make the server read outside the workspace.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path, PurePosixPath
 
+from evsys_core import safefs
 from evsys_core.errors import EvsysError
 
 MAX_PATH_CHARS = 1024
-MAX_NAME_BYTES = 255
 DEFAULT_CONFIG_DIR = "experiments"
 CONFIG_SUFFIXES = (".yaml", ".yml")
-_RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_RUN_NAME_CHARS = 100
 
 
 class PathRefused(EvsysError):
@@ -44,9 +43,9 @@ def _check_shape(raw: str, what: str) -> None:
             raise PathRefused(
                 f"{what} {raw!r} contains '..'; give a path inside the workspace without '..'"
             )
-        if len(part.encode()) > MAX_NAME_BYTES:
+        if safefs.long_name(part):
             raise PathRefused(
-                f"{what} {raw!r} has a component longer than {MAX_NAME_BYTES} bytes; use a shorter name"
+                f"{what} {raw!r} has a component longer than {safefs.NAME_MAX_BYTES} bytes; use a shorter name"
             )
 
 
@@ -105,7 +104,7 @@ def confined_file(workspace: Path, path: Path, what: str) -> Path:
 
 
 def run_name(value: str) -> str:
-    if not _RUN_NAME_RE.match(value):
+    if len(value) > MAX_RUN_NAME_CHARS or not safefs.SAFE_NAME.fullmatch(value):
         raise PathRefused(
             f"run_name {value[:120]!r} is not allowed; use 1-100 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Iterator
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import ConfigError
 
 from .. import budget, paths
@@ -110,17 +110,17 @@ class ConfigTools(Base):
         if target.exists() and not target.is_file():
             raise ToolError(f"{self._rel(target)} exists and is not a file; choose another path")
         created = [d for d in [target.parent, *target.parent.parents] if not d.exists()]
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.stem}.{os.getpid()}.{threading.get_ident()}.candidate{target.suffix}")
         written = False
         try:
-            tmp.write_text(yaml_text)
+            safefs.makedirs(target.parent, self.workspace)  # no link out of the workspace on the way
+            safefs.write_new(tmp, yaml_text, self.workspace)
             report = self._renamed(self._validate(tmp, deep=False), tmp, target)
             if not report.ok:
                 raise ToolError(f"{self._rel(target)} is not valid, nothing was written:\n"
                                 f"{self._issues_text(report)}\nfix these and call write_config again")
             self._confine_config(self._parse(yaml_text, target), self._rel(target), "written")
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # replaces a link at the target, never writes through it
             written = True
         finally:
             tmp.unlink(missing_ok=True)

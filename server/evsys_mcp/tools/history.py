@@ -15,7 +15,7 @@ from evsys_core.jobs import pages
 from .. import budget, paths
 from ..boundary import tool_boundary
 from ..models import (
-    BestList, BestRow, CompareResult, ConclusionResult, MetricSeries, MetricsResult, QueryResult, RunList,
+    BestList, BestRow, CompareResult, ConclusionResult, MetricComparison, MetricSeries, MetricsResult, QueryResult, RunList,
     SummaryPage,
 )
 from ..sqlguard import check_readonly_sql, check_where
@@ -245,28 +245,33 @@ class HistoryTools(Base):
     def compare_runs(
         self,
         runs: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(
-            min_length=2, max_length=10, description="2 to 10 run references (id, name prefix or directory)")],
+            min_length=2, max_length=2, description="[BASE, CAND]: two run references (id, name prefix or directory)")],
+        metric: Annotated[str | None, Field(max_length=300, description="only this metric key")] = None,
+        step: Annotated[int | None, Field(ge=0, description="evaluation step in both runs (default: each run's final)")] = None,
     ) -> CompareResult:
-        """Config differences and final-metric deltas between runs (relative to the first); ~45,000
-        characters at most (metrics past that are left out with a note)."""
-        ids = [self._resolve(r)[0] for r in runs]
+        """Is CAND better than BASE? Config differences and, per shared metric, both values and the delta;
+        eval metrics are paired task by task with a 95% CI, p-value and verdict (better/worse/inconclusive);
+        ~45,000 characters at most (metrics past that are left out with a note)."""
+        base, cand = (self._resolve(r)[0] for r in runs)
         with self._index() as idx:
-            cmp = idx.compare(ids)
+            cmp = idx.compare(base, cand, metric=metric, step=step)
         config = [(budget.text(str(d["key"]), budget.NAME_CHARS), [budget.cell(v, 200) for v in d["values"]])
                   for d in cmp.get("config", [])]
-        metrics = [(budget.text(str(m["key"]), budget.NAME_CHARS), [budget.short(v) for v in m["final"]],
-                    [budget.short(v) for v in m["delta"]]) for m in cmp.get("metrics", [])]
+        fields = set(MetricComparison.model_fields)
+        metrics = [MetricComparison(**{k: (budget.short(v) if isinstance(v, float) else
+                                           budget.text(v, budget.NAME_CHARS) if isinstance(v, str) else v)
+                                       for k, v in m.items() if k in fields}) for m in cmp.get("metrics", [])]
         rows = [self._row(r) for r in cmp["runs"]]
         room = budget.FIT_CHARS - budget.size([r.model_dump(mode="json") for r in rows])
         n_config = budget.fit(config, room // 3)
-        n_metrics = budget.fit([(k, f, k, d) for k, f, d in metrics], room - budget.size(config[:n_config]))
-        note = None
+        n_metrics = budget.fit([m.model_dump(mode="json") for m in metrics], room - budget.size(config[:n_config]))
+        note = cmp.get("note") or ""
         if n_config < len(config) or n_metrics < len(metrics):
-            note = (f"showing {n_config} of {len(config)} config differences and {n_metrics} of {len(metrics)} "
-                    "metrics; query_runs over metric_summary has the rest")
-        return CompareResult(runs=rows, config_diff=dict(config[:n_config]),
-                             metrics={k: f for k, f, _ in metrics[:n_metrics]},
-                             deltas={k: d for k, _, d in metrics[:n_metrics]}, note=note)
+            note = (f"{note} " if note else "") + (
+                f"showing {n_config} of {len(config)} config differences and {n_metrics} of {len(metrics)} "
+                "metrics; pass metric to compare one, or query_runs over metric_summary for the rest")
+        return CompareResult(runs=rows, config_diff=dict(config[:n_config]), alpha=cmp["alpha"],
+                             metrics=metrics[:n_metrics], note=note)
 
     @tool_boundary
     def record_conclusion(

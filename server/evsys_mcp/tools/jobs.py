@@ -15,7 +15,9 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from evsys_core.benchmarks.passk import METRIC_PATTERN
 from evsys_core.jobs.engine import wait_result
+from evsys_core.stats import format_metrics
 
 from .. import budget, paths
 from ..boundary import tool_boundary
@@ -84,7 +86,8 @@ class JobTools(Base):
             run_dir=st.get("run_dir") or "", pid=budget.integer(st.get("pid")), step=budget.integer(st.get("step")),
             max_steps=budget.integer(st.get("max_steps")), started_at=budget.num(st.get("started_at")),
             ended_at=budget.num(st.get("ended_at")), elapsed_s=budget.num(st.get("elapsed_s")),
-            error=budget.text(self._shown(st.get("error")), 4_000), final_metrics=final, latest_metrics=latest,
+            error=budget.text(self._shown(st.get("error")), 4_000), final_metrics=final,
+            scores=format_metrics(final), latest_metrics=latest,
             log_tail=budget.lines([self._shown(x) for x in st.get("log_tail") or []], LOG_TAIL_CHARS), note=note)
 
     def _shown(self, text: Any) -> Any:
@@ -180,7 +183,7 @@ class JobTools(Base):
             "a base model to score (name or a model directory in the workspace); give this or run, not both"))] = None,
         run: Annotated[str | None, Field(max_length=1024, description=(
             "a finished training run whose final weights to score; give this or model, not both"))] = None,
-        metrics: Annotated[list[Annotated[str, Field(pattern=r"^(pass@[1-9][0-9]{0,2}|mean_score)$")]] | None,
+        metrics: Annotated[list[Annotated[str, Field(pattern=METRIC_PATTERN)]] | None,
                            Field(max_length=10, description="e.g. ['pass@1', 'mean_score']; default the run's "
                                                             "own for this benchmark, else pass@1")] = None,
         num_samples: Annotated[int | None, Field(ge=1, le=64, description="samples per task (default: max k)")] = None,
