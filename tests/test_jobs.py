@@ -80,7 +80,7 @@ def test_a_score_is_a_detached_job_with_a_total(tmp_path, tiny_model_dir):
     out = js(waited)
     assert out["status"] == "completed" and out["kind"] == "score"
     assert out["step"] == out["max_steps"] == 3  # progress counts the tasks scored, of all
-    assert set(out["final_metrics"]) == {"val/bench/pass@1"}
+    assert set(out["final_metrics"]) == {"val/bench/pass@1", "val/bench/pass@1_stderr", "val/bench/n_tasks"}
     assert "Scoring" in js(evsys(ws, "logs", job["run_id"], "--json"))["text"]
     listed = json.loads(evsys(ws, "runs", "--json", "--kind", "score").stdout)
     assert [r["run_id"] for r in listed] == [job["run_id"]]

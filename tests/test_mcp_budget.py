@@ -78,7 +78,7 @@ def cases(ws: Path) -> dict[str, list[dict[str, Any]]]:
         "query_runs": [{"sql": "SELECT * FROM runs", "max_rows": 1_000},
                        {"sql": "SELECT * FROM metrics", "max_rows": 1_000, "offset": 100_000},
                        {"sql": "SELECT * FROM conclusions", "max_rows": 1_000}],
-        "compare_runs": [{"runs": ten}],
+        "compare_runs": [{"runs": [ten[0], ten[-1]]}, {"runs": [ten[-1], ten[0]], "step": 400}],
         "list_configs": [{"limit": 200}],
         "list_benchmarks": [{"limit": 200}],
         "validate_config": [{"path": "bad.yaml", "deep": True}],

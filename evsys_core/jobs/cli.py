@@ -89,7 +89,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _status_lines(st: dict[str, Any]) -> list[str]:
-    from evsys_core.callbacks import format_value
+    from evsys_core.stats import format_metrics
 
     step = f"{st.get('step')}/{st.get('max_steps')}" if st.get("max_steps") else f"{st.get('step')}"
     lines = [f"{st.get('name')} ({st.get('id')}): {st.get('status')} · {st.get('kind')} · "
@@ -98,7 +98,8 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
         lines.append(f"Error: {st['error']}")
     metrics = st.get("final_metrics") or st.get("latest_metrics") or {}
     if metrics:
-        lines.append("Metrics: " + ", ".join(f"{k}={format_value(v)}" for k, v in list(metrics.items())[:20]))
+        shown = format_metrics(dict(list(metrics.items())[:60]))
+        lines.append("Metrics: " + ", ".join(f"{k}={v}" for k, v in list(shown.items())[:20]))
     lines += [f"  | {line}" for line in st.get("log_tail") or []]
     return lines
 

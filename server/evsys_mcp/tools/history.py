@@ -258,7 +258,7 @@ class HistoryTools(Base):
         config = [(budget.text(str(d["key"]), budget.NAME_CHARS), [budget.cell(v, 200) for v in d["values"]])
                   for d in cmp.get("config", [])]
         fields = set(MetricComparison.model_fields)
-        metrics = [MetricComparison(**{k: (budget.short(v) if isinstance(v, float) else
+        metrics = [MetricComparison(**{k: (budget.num(v) if isinstance(v, float) else
                                            budget.text(v, budget.NAME_CHARS) if isinstance(v, str) else v)
                                        for k, v in m.items() if k in fields}) for m in cmp.get("metrics", [])]
         rows = [self._row(r) for r in cmp["runs"]]
