@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "evsys_core.benchmarks.cli",  # score
     "evsys_core.history.cli",     # runs, show, best, compare, query, plot, conclude
     "evsys_core.tinker_local",    # tinker-local
+    "evsys_core.ui.server",       # ui
 )
 
 
