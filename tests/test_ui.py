@@ -349,3 +349,39 @@ def test_browser_live_status_of_a_running_run(browser, base: str, ws: Path) -> N
         wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "h1 .status").text == "completed")
     finally:
         rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info)
+
+
+def test_browser_on_real_runs_of_the_tiny_model(browser, tmp_path: Path, tiny_model_dir) -> None:
+    from selenium.webdriver.common.by import By
+
+    from test_runner import make_workspace, run
+
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "", bench="run_every: 1, split: val")
+    first, _ = run(ws)
+    second, _ = run(ws, "algorithm.params.learning_rate=3e-2")
+    assert first.status == second.status == "completed"
+    server = serve(ws)
+    try:
+        url = server.url.rstrip("/")
+        browser.get(url + "/")
+        assert sorted(names_in_browser(browser)) == ["demo", "demo-2"]
+        browser.get(f"{url}/run?id={first.run_id}")
+        loss = browser.find_element(By.CSS_SELECTOR, "svg.chart[data-key='train/mean_loss']")
+        assert len(loss.find_element(By.CSS_SELECTOR, "polyline").get_attribute("points").split()) == 2
+        assert browser.find_elements(By.CSS_SELECTOR, "svg.chart[data-key='val/val/pass@1']")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#predictions tbody tr")
+        assert [r.find_element(By.TAG_NAME, "td").text for r in rows] == ["t0", "t1", "t2"]
+        assert {r.get_attribute("class") for r in rows} <= {"pass", "fail"}
+        evals = browser.find_elements(By.CSS_SELECTOR, "nav.evals a")
+        assert [a.text.split(" (")[0] for a in evals] == ["val @ step 0", "val @ step 1",
+                                                           "val @ step 2"]
+        browser.get(f"{url}/compare?run={first.run_id}&run={second.run_id}")
+        assert "algorithm.params.learning_rate" in browser.find_element(
+            By.CSS_SELECTOR, "table.config-diff").text
+        section = browser.find_element(By.CSS_SELECTOR, "section.taskdiff[data-benchmark=val]")
+        counts = re.search(r"(\d+) fixed, (\d+) broken, (\d+) unchanged", section.text)
+        assert counts and sum(map(int, counts.groups())) == 3, section.text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "section.taskdiff tr[data-task]")) == 3
+    finally:
+        server.shutdown()
+        server.server_close()
