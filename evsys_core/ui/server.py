@@ -149,6 +149,7 @@ class Source:
         self.refresh_s = refresh_s
         self._refreshed = time.monotonic()
         self._lock = threading.Lock()
+        self._meta_cache: tuple[tuple, dict[str, Any]] | None = None
 
     def fresh(self) -> None:
         """Bring the index up to date, at most once per `refresh_s` seconds."""
@@ -164,9 +165,8 @@ class Source:
     # ---------------------------------------------------------------------- the runs table
     def runs(self, q: RunsQuery) -> dict[str, Any]:
         def read(con: Any) -> dict[str, Any]:
-            mkeys = [k for k, _, _ in reports.metric_keys(con)]
-            known = Keys(set(mkeys), {k for (k,) in con.execute(
-                "SELECT DISTINCT key FROM params").fetchall()})
+            meta = self._meta(con)
+            known = meta["keys"]
             problems: list[str] = []
             conds, args = [], []
             for col, value in (("status", q.status), ("algorithm", q.algorithm),
@@ -213,21 +213,10 @@ class Source:
                 [*jargs, *args, PAGE_SIZE, (q.page - 1) * PAGE_SIZE]).fetchall()
             total = rows[0][-1] if rows else con.execute(
                 f"SELECT count(*) {base}", [*jargs, *args]).fetchone()[0]
-            eval_keys = [k for k, split, _ in reports.metric_keys(con)
-                         if split != "train" and not pages.aux(k)][:SHOWN_METRICS]
-            metric_cols = _unique(eval_keys + [k for k in used if known.kind(k) == "metric"])
-            param_cols = _unique([k for (k,) in con.execute(
-                "SELECT key FROM params GROUP BY key HAVING count(DISTINCT coalesce(value_text, "
-                "CAST(value AS VARCHAR))) > 1 ORDER BY bool_or(value_text IS NOT NULL), "
-                "count(*) DESC, key LIMIT ?", [SHOWN_PARAMS]).fetchall()]
-                + [k for k in used if known.kind(k) == "param"])
+            metric_cols = _unique(meta["eval_keys"] + [k for k in used if known.kind(k) == "metric"])
+            param_cols = _unique(meta["param_cols"] + [k for k in used if known.kind(k) == "param"])
             ids = [r[0] for r in rows]
             cells = _cells(con, ids, metric_cols, param_cols)
-            options = con.execute(
-                "SELECT list(DISTINCT status ORDER BY status) FILTER (WHERE status IS NOT NULL), "
-                "list(DISTINCT algorithm ORDER BY algorithm) FILTER (WHERE algorithm IS NOT NULL), "
-                "list(DISTINCT model ORDER BY model) FILTER (WHERE model IS NOT NULL) FROM runs"
-            ).fetchone()
             runs = []
             for r in rows:
                 m, p = cells.get(r[0], ({}, {}))
@@ -240,11 +229,38 @@ class Source:
                 })
             return {"runs": runs, "total": total, "page": q.page, "page_size": PAGE_SIZE,
                     "metric_cols": metric_cols, "param_cols": param_cols, "problems": problems,
-                    "options": {"status": options[0] or [], "algorithm": options[1] or [],
-                                "model": options[2] or []},
-                    "keys": sorted(known.metrics | known.params), "groups": replicate_groups(con)}
+                    "options": meta["options"], "keys": meta["all_keys"],
+                    "groups": replicate_groups(con)}
 
         return self._read(read)
+
+    def _meta(self, con: Any) -> dict[str, Any]:
+        """What the runs table needs of the whole index (its keys, the columns it shows, the
+        filter choices), kept until the index file changes."""
+        stamp = tuple(_file_id(Path(str(self.index.db_path) + x)) for x in ("", ".wal"))
+        if self._meta_cache is not None and self._meta_cache[0] == stamp:
+            return self._meta_cache[1]
+        mkeys = reports.metric_keys(con)
+        known = Keys({k for k, _, _ in mkeys}, {k for (k,) in con.execute(
+            "SELECT DISTINCT key FROM params").fetchall()})
+        options = con.execute(
+            "SELECT list(DISTINCT status ORDER BY status) FILTER (WHERE status IS NOT NULL), "
+            "list(DISTINCT algorithm ORDER BY algorithm) FILTER (WHERE algorithm IS NOT NULL), "
+            "list(DISTINCT model ORDER BY model) FILTER (WHERE model IS NOT NULL) FROM runs"
+        ).fetchone()
+        meta = {
+            "keys": known, "all_keys": sorted(known.metrics | known.params),
+            "eval_keys": [k for k, split, _ in mkeys
+                          if split != "train" and not pages.aux(k)][:SHOWN_METRICS],
+            "param_cols": [k for (k,) in con.execute(  # params that differ between runs
+                "SELECT key FROM params GROUP BY key HAVING count(DISTINCT coalesce(value_text, "
+                "CAST(value AS VARCHAR))) > 1 ORDER BY bool_or(value_text IS NOT NULL), "
+                "count(*) DESC, key LIMIT ?", [SHOWN_PARAMS]).fetchall()],
+            "options": {"status": options[0] or [], "algorithm": options[1] or [],
+                        "model": options[2] or []},
+        }
+        self._meta_cache = (stamp, meta)
+        return meta
 
     # ------------------------------------------------------------------------------ a run
     def run(self, run_id: str, eval_index: int | None = None) -> dict[str, Any] | None:
@@ -491,6 +507,14 @@ def _task_diff(con: Any, base: str, cand: str) -> list[dict[str, Any]]:
         b["tasks"].append({"task_id": task, "instruction": instruction, "change": change,
                            "base": rb, "cand": rc, "base_answer": ab, "cand_answer": ac})
     return list(benches.values())
+
+
+def _file_id(p: Path) -> tuple[int, int, int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _exists(con: Any, run_id: str) -> bool:
