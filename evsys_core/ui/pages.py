@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from urllib.parse import urlencode
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 420, 190, 56, 10, 22, 26
+CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 400, 190, 56, 10, 22, 26
 
 
 def aux(key: str) -> bool:
@@ -109,13 +109,13 @@ def runs_page(data: dict[str, Any], q: Any) -> str:
         params = q.params(sort=key, dir="asc" if on and q.desc else "desc", page=1)
         arrow = (" ▼" if q.desc else " ▲") if on else ""
         aria = f" aria-sort={'descending' if q.desc else 'ascending'}" if on else ""
-        return (f"<th data-key='{e(key)}'{aria}><a href='{link('/', params)}'>"
+        return (f"<th data-key='{e(key)}' title='{e(key)}'{aria}><a href='{link('/', params)}'>"
                 f"{e(label or key)}{arrow}</a></th>")
 
     cols = [("name", None), ("status", None), ("algorithm", None), ("model", None),
             ("steps", None), ("started_at", "started")]
     header = "<th></th>" + "".join(head(k, lbl) for k, lbl in cols)
-    header += "".join(head(k) for k in data["param_cols"]) + "".join(
+    header += "".join(head(k, k.rsplit(".", 1)[-1]) for k in data["param_cols"]) + "".join(
         head(k) for k in data["metric_cols"]) + "<th>latest conclusion</th>"
     body = []
     for r in data["runs"]:
@@ -346,14 +346,14 @@ def compare_page(d: dict[str, Any]) -> str:
                + (_table(["key", *names], [[c["key"], *map(_config_value, c["values"])]
                                            for c in d["config"]], cls="config-diff")
                   if d["config"] else "<p>The configs are the same.</p>"))
+    for i, p in enumerate(d["pairs"]):
+        out.append(_task_diff(p, names[0], names[i + 1]))
     keys = list(dict.fromkeys(k for c in d["curves"] for k in c if not aux(k)))
     empty = {"points": [], "band": None}
     charts = [chart(k, [{"label": names[i], **c.get(k, empty)} for i, c in enumerate(d["curves"])])
               for k in keys]
     if charts:
         out.append("<h2>Curves</h2><div class=charts>" + "".join(charts) + "</div>")
-    for i, p in enumerate(d["pairs"]):
-        out.append(_task_diff(p, names[0], names[i + 1]))
     return layout("compare", "".join(out))
 
 

@@ -50,6 +50,7 @@ MAX_TEXT_BYTES = 256 * 1024  # summary.md shown up to this size
 LOG_LINES = 60
 SHOWN_METRICS = 6        # eval metric columns of the runs table (plus those sorted/filtered on)
 SHOWN_PARAMS = 4         # params that differ between runs, as columns
+SHOWN_AS_COLUMNS = ("algorithm.kind", "model.name", "backend.kind")  # the table has these
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
@@ -253,9 +254,10 @@ class Source:
             "eval_keys": [k for k, split, _ in mkeys
                           if split != "train" and not pages.aux(k)][:SHOWN_METRICS],
             "param_cols": [k for (k,) in con.execute(  # params that differ between runs
-                "SELECT key FROM params GROUP BY key HAVING count(DISTINCT coalesce(value_text, "
-                "CAST(value AS VARCHAR))) > 1 ORDER BY bool_or(value_text IS NOT NULL), "
-                "count(*) DESC, key LIMIT ?", [SHOWN_PARAMS]).fetchall()],
+                "SELECT key FROM params WHERE key NOT IN (SELECT unnest(?::VARCHAR[])) "
+                "GROUP BY key HAVING count(DISTINCT coalesce(value_text, CAST(value AS VARCHAR)))"
+                " > 1 ORDER BY bool_or(value_text IS NOT NULL), count(*) DESC, key LIMIT ?",
+                [list(SHOWN_AS_COLUMNS), SHOWN_PARAMS]).fetchall()],
             "options": {"status": options[0] or [], "algorithm": options[1] or [],
                         "model": options[2] or []},
         }
