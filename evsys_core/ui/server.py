@@ -270,8 +270,7 @@ class Source:
             if not _exists(con, run_id):
                 return None
             shown = reports.show(con, self.workspace, run_id)
-            curves = _with_bands(reports.curves(con, self.workspace, run_id,
-                                                max_points=MAX_POINTS)["curves"])
+            curves = _curves(con, [run_id])[run_id]
             evals = [{"benchmark": b, "step": s, "n": n, "passed": p} for b, s, n, p in con.execute(
                 "SELECT benchmark, step, count(*), count(*) FILTER (WHERE passed) FROM predictions "
                 "WHERE run_id = ? GROUP BY ALL ORDER BY benchmark, step NULLS FIRST",
@@ -317,7 +316,9 @@ class Source:
                              f"got {len(ids)}; tick them in the runs table")
 
         def read(con: Any) -> dict[str, Any]:
-            missing = [i for i in ids if not _exists(con, i)]
+            found = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE run_id IN "
+                                               "(SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()}
+            missing = [i for i in ids if i not in found]
             if missing:
                 raise BadRequest(f"no run with id {missing[0]!r} in this workspace")
             cmp = reports.compare(con, self.workspace, ids)
@@ -325,10 +326,11 @@ class Source:
             for m in cmp["metrics"]:
                 m["ci"] = [interval(v, s) for v, s in
                            zip(m["final"], finals.get(m["key"] + "_stderr", [None] * len(ids)))]
-            curves = [_with_bands(reports.curves(con, self.workspace, i,
-                                                 max_points=MAX_POINTS)["curves"]) for i in ids]
+            by_run = _curves(con, ids)
+            curves = [by_run[i] for i in ids]
+            rates = _task_rates(con, ids)
             pairs = [{"base": ids[0], "cand": c, "verdicts": paired_verdicts(
-                con, self.workspace, ids[0], c), "tasks": _task_diff(con, ids[0], c)}
+                con, self.workspace, ids[0], c), "tasks": _task_diff(rates[ids[0]], rates[c])}
                 for c in ids[1:]]
             return {**cmp, "curves": curves, "pairs": pairs}
 
@@ -456,6 +458,23 @@ def _cells(con: Any, ids: list[str], metric_cols: list[str], param_cols: list[st
     return out
 
 
+def _curves(con: Any, ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every metric's curve of each run in one scan of `metrics`, as `reports.curves` draws
+    them (a step logged twice keeps its last value; at most MAX_POINTS points, by
+    `reports.downsample`), with the `_stderr` keys folded into bands."""
+    raw: dict[str, dict[str, list]] = {i: {} for i in ids}
+    for run_id, key, step, value in con.execute(
+        "SELECT run_id, key, step, value FROM metrics WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
+        "AND value IS NOT NULL ORDER BY run_id, key, step NULLS FIRST, line", [ids]).fetchall():
+        series = raw[run_id].setdefault(key, [])
+        if series and series[-1][0] == step:
+            series[-1][1] = value
+        else:
+            series.append([step, value])
+    return {i: _with_bands({k: reports.downsample(v, MAX_POINTS) for k, v in c.items()})
+            for i, c in raw.items()}
+
+
 def _with_bands(curves: dict[str, list]) -> dict[str, dict[str, Any]]:
     """{key: {points, band}} for every metric but the `_stderr` ones, which become the band
     ([step, lo, hi] at each step where both were logged) of their metric."""
@@ -464,7 +483,7 @@ def _with_bands(curves: dict[str, list]) -> dict[str, dict[str, Any]]:
         if key.endswith("_stderr"):
             continue
         se = dict((s, v) for s, v in curves.get(key + "_stderr") or [])
-        band = [[s, *ci] for s, v in points if (ci := interval(v, se.get(s))) is not None]
+        band = [[s, *ci] for s, v in points if s in se and (ci := interval(v, se[s])) is not None]
         out[key] = {"points": points, "band": band or None}
     return out
 
@@ -474,41 +493,45 @@ def _with_ci(m: dict[str, Any], key: str) -> dict[str, Any]:
     return {"value": v, "ci": interval(v, m.get(key + "_stderr")), "n": m.get(_n_key(key))}
 
 
-def _task_diff(con: Any, base: str, cand: str) -> list[dict[str, Any]]:
-    """Per benchmark both runs evaluated, at each run's last evaluation: every task paired by
-    task_id with each run's pass rate over its samples and its first answer."""
-    rows = con.execute("""
+def _task_rates(con: Any, ids: list[str]) -> dict[str, dict[str, dict[str, tuple]]]:
+    """run -> benchmark -> task_id -> (pass rate over its samples, first answer, instruction),
+    at each run's last evaluation of each benchmark, in one query for all the runs."""
+    out: dict[str, dict[str, dict[str, tuple]]] = {i: {} for i in ids}
+    for run_id, bench, task, rate, answer, instruction in con.execute("""
         WITH last AS (SELECT run_id, benchmark, max(step) AS step FROM predictions
-                      WHERE run_id IN (?, ?) GROUP BY ALL),
-        t AS (SELECT p.run_id, p.benchmark, p.task_id,
-                     coalesce(avg(p.passed::INT), avg(p.score)) AS rate,
-                     arg_min(p.answer, p.sample) AS answer, any_value(p.instruction) AS instruction
-              FROM predictions p JOIN last ON p.run_id = last.run_id
-                   AND p.benchmark = last.benchmark AND p.step IS NOT DISTINCT FROM last.step
-              GROUP BY ALL),
-        both_ AS (SELECT benchmark FROM t GROUP BY benchmark HAVING count(DISTINCT run_id) = 2)
-        SELECT coalesce(b.benchmark, c.benchmark) AS bench, coalesce(b.task_id, c.task_id) AS task,
-               coalesce(b.instruction, c.instruction), b.rate, c.rate, b.answer, c.answer,
-               b.task_id IS NOT NULL AND c.task_id IS NOT NULL
-        FROM (SELECT * FROM t WHERE run_id = ? AND benchmark IN (SELECT * FROM both_)) b
-        FULL JOIN (SELECT * FROM t WHERE run_id = ? AND benchmark IN (SELECT * FROM both_)) c
-             ON b.benchmark = c.benchmark AND b.task_id = c.task_id
-        ORDER BY bench, task""", [base, cand, base, cand]).fetchall()
-    benches: dict[str, dict[str, Any]] = {}
-    for bench, task, instruction, rb, rc, ab, ac, paired in rows:
-        if not paired:
-            change = "unpaired"
-        elif rb is None or rc is None:
-            change = "unchanged" if rb == rc else "fixed" if rc is not None else "broken"
-        else:
-            change = "fixed" if rc > rb else "broken" if rc < rb else "unchanged"
-        b = benches.setdefault(bench, {"benchmark": bench, "tasks": [],
-                                       "counts": dict.fromkeys(
-                                           ("fixed", "broken", "unchanged", "unpaired"), 0)})
-        b["counts"][change] += 1
-        b["tasks"].append({"task_id": task, "instruction": instruction, "change": change,
-                           "base": rb, "cand": rc, "base_answer": ab, "cand_answer": ac})
-    return list(benches.values())
+                      WHERE run_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY ALL)
+        SELECT p.run_id, p.benchmark, p.task_id, coalesce(avg(p.passed::INT), avg(p.score)),
+               arg_min(p.answer, p.sample), any_value(p.instruction)
+        FROM predictions p JOIN last ON p.run_id = last.run_id AND p.benchmark = last.benchmark
+             AND p.step IS NOT DISTINCT FROM last.step
+        GROUP BY ALL ORDER BY p.benchmark, p.task_id""", [ids]).fetchall():
+        out[run_id].setdefault(bench, {})[task] = (rate, answer, instruction)
+    return out
+
+
+def _task_diff(base: dict[str, dict[str, tuple]], cand: dict[str, dict[str, tuple]]
+               ) -> list[dict[str, Any]]:
+    """Per benchmark both runs evaluated: every task paired by task_id, and what the
+    candidate did to it against the base (fixed: its pass rate rose; broken: it fell)."""
+    benches = []
+    for bench in sorted(set(base) & set(cand)):
+        b, c = base[bench], cand[bench]
+        counts = dict.fromkeys(("fixed", "broken", "unchanged", "unpaired"), 0)
+        tasks = []
+        for task in sorted(set(b) | set(c)):
+            (rb, ab, ib), (rc, ac, ic) = b.get(task, (None,) * 3), c.get(task, (None,) * 3)
+            if task not in b or task not in c:
+                change = "unpaired"
+            elif rb is None or rc is None:
+                change = "unchanged" if rb == rc else "fixed" if rc is not None else "broken"
+            else:
+                change = "fixed" if rc > rb else "broken" if rc < rb else "unchanged"
+            counts[change] += 1
+            tasks.append({"task_id": task, "instruction": ib if ib is not None else ic,
+                          "change": change, "base": rb, "cand": rc, "base_answer": ab,
+                          "cand_answer": ac})
+        benches.append({"benchmark": bench, "tasks": tasks, "counts": counts})
+    return benches
 
 
 def _file_id(p: Path) -> tuple[int, int, int] | None:
