@@ -385,3 +385,13 @@ def test_browser_on_real_runs_of_the_tiny_model(browser, tmp_path: Path, tiny_mo
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_compare_three_runs_against_the_first(base: str) -> None:
+    ids = run_ids(base)
+    code, body, _ = get(f"{base}/compare?run={ids['alpha']}&run={ids['beta']}&run={ids['evil']}")
+    assert code == 200
+    row = re.search(r"<tr><td>algorithm\.params\.learning_rate</td>(.*?)</tr>", body).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["0.0001", "0.0003", "1e-05"]
+    assert body.count("<th>verdict ") == 2 and "Per task: beta against alpha" in body
+    assert "<td>train/mean_loss</td><td>train</td><td>0.25</td><td>0.25 <small class=delta>(+0)" in body

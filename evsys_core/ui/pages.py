@@ -318,31 +318,30 @@ def compare_page(d: dict[str, Any]) -> str:
         f"{status_badge(r['run_id'], r['status'])}{' <em>(base)</em>' if i == 0 else ''}</li>"
         for i, r in enumerate(runs)) + "</ol>"
     out = [f"<h1>Compare {len(runs)} runs</h1>", legend]
-    verdicts = [p["verdicts"] for p in d["pairs"]]
     rows = []
     for m in d["metrics"]:
-        if aux(m["key"]):
-            continue
         cells = [e(m["key"]), e(m["split"])]
-        for i, v in enumerate(m["final"]):
-            delta = m["delta"][i] if i else None
-            cells.append(with_ci(v, m["ci"][i]) + (
+        for i, v in enumerate(m["values"]):
+            entry = d["pairs"][i - 1]["verdicts"].get(m["key"]) if i else None
+            delta = (entry or {}).get("delta")
+            cells.append(with_ci(**v) + (
                 f" <small class=delta>({'+' if delta >= 0 else ''}{e(delta)})</small>"
                 if isinstance(delta, float | int) else ""))
-        for v in verdicts:
-            entry = (v or {}).get(m["key"])
-            cells.append(_verdict(entry, m["split"], v is not None))
+        for p in d["pairs"]:
+            cells.append(_verdict(p["verdicts"].get(m["key"]), m["split"]))
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     vheads = "".join(f"<th>verdict {e(names[i + 1])} vs {e(names[0])}</th>"
-                     for i in range(len(verdicts)))
+                     for i in range(len(d["pairs"])))
     out.append("<h2>Metrics <small>(final values; Δ against the base)</small></h2>"
                "<table id=metrics class=metrics><thead><tr><th>key</th><th>split</th>"
                + "".join(f"<th>{e(n)}</th>" for n in names) + vheads
                + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-    if all(v is None for v in verdicts):
-        out.append("<p class=note>Paired verdicts (better / worse / inconclusive per metric) "
-                   "are not available in this build: the deltas above carry no test.</p>")
-    out.append(f"<h2>Config diff <small>({d['config_keys_same']} keys the same)</small></h2>"
+    if not any((v or {}).get("verdict") for p in d["pairs"] for v in p["verdicts"].values()):
+        out.append("<p class=note>No verdict: this build has no paired test of two runs' "
+                   "predictions, so the deltas above carry no test.</p>")
+    same = d["config_keys_same"]
+    out.append("<h2>Config diff" + (f" <small>({same} keys the same)</small>" if same else "")
+               + "</h2>"
                + (_table(["key", *names], [[c["key"], *map(_config_value, c["values"])]
                                            for c in d["config"]], cls="config-diff")
                   if d["config"] else "<p>The configs are the same.</p>"))
@@ -357,12 +356,13 @@ def compare_page(d: dict[str, Any]) -> str:
     return layout("compare", "".join(out))
 
 
-def _verdict(entry: dict | None, split: str, available: bool) -> str:
-    if entry is None:
-        why = "no per-task predictions" if split == "train" or available else "not available"
+def _verdict(entry: dict | None, split: str) -> str:
+    v = (entry or {}).get("verdict")
+    if not v:
+        why = (entry or {}).get("note") or ("training metric: no per-task predictions"
+                                            if split == "train" else "no verdict")
         return f"<span class='verdict none' title='{e(why)}'>—</span>"
-    v = entry.get("verdict")
-    detail = ", ".join(f"{k} {fmt(entry[k])}" for k in ("delta", "p", "n") if k in entry)
+    detail = ", ".join(f"{k} {fmt(entry[k])}" for k in ("delta", "p", "n_tasks") if k in entry)
     return f"<span class='verdict v-{e(v)}' title='{e(detail)}'>{e(v)}</span>"
 
 

@@ -74,10 +74,15 @@ def interval(value: Any, stderr: Any) -> tuple[float, float] | None:
     return value - 1.96 * stderr, value + 1.96 * stderr
 
 
-def paired_verdicts(con: Any, workspace: Path, base: str, cand: str) -> dict[str, dict] | None:
-    """Per metric key: {verdict, delta, ci, p, n} from the paired comparison of two runs'
-    predictions; None while this build has no paired comparison."""
-    return None
+def compare_pair(con: Any, workspace: Path, base: str, cand: str) -> dict[str, Any]:
+    """The history's comparison of two runs: {runs: [base, cand], config: [{key, values}],
+    config_keys_same, verdicts: {metric key: {delta, verdict, ...}}}. `verdict` is None while
+    this build has no paired comparison of the runs' predictions."""
+    cmp = reports.compare(con, workspace, [base, cand])
+    return {"runs": cmp["runs"], "config": cmp["config"],
+            "config_keys_same": cmp["config_keys_same"],
+            "verdicts": {m["key"]: {"delta": m["delta"][1], "verdict": None}
+                         for m in cmp["metrics"]}}
 
 
 def replicate_groups(con: Any) -> list[dict[str, Any]]:
@@ -321,18 +326,32 @@ class Source:
             missing = [i for i in ids if i not in found]
             if missing:
                 raise BadRequest(f"no run with id {missing[0]!r} in this workspace")
-            cmp = reports.compare(con, self.workspace, ids)
-            finals = {m["key"]: m["final"] for m in cmp["metrics"]}
-            for m in cmp["metrics"]:
-                m["ci"] = [interval(v, s) for v, s in
-                           zip(m["final"], finals.get(m["key"] + "_stderr", [None] * len(ids)))]
+            pairs = [{"base": ids[0], "cand": c, **compare_pair(con, self.workspace, ids[0], c)}
+                     for c in ids[1:]]
+            runs = [pairs[0]["runs"][0]] + [p["runs"][1] for p in pairs]
+            config: dict[str, list] = {}  # a key differs between some runs iff from the base
+            for i, p in enumerate(pairs):
+                for c in p["config"]:
+                    config.setdefault(c["key"], [c["values"][0]] + [None] * len(pairs))
+                    config[c["key"]][i + 1] = c["values"][1]
+            for key, values in config.items():  # a candidate equal to the base on this key
+                for i, p in enumerate(pairs):
+                    if key not in {c["key"] for c in p["config"]}:
+                        values[i + 1] = values[0]
+            finals = _finals(con, ids)
+            keys = sorted({k for f in finals.values() for k in f if not pages.aux(k)},
+                          key=lambda k: (finals_split(finals, k) == "train", k))
+            metrics = [{"key": k, "split": finals_split(finals, k), "values": [
+                _with_ci({x: v for x, (_, v) in finals[i].items()}, k) for i in ids]}
+                for k in keys]
             by_run = _curves(con, ids)
-            curves = [by_run[i] for i in ids]
             rates = _task_rates(con, ids)
-            pairs = [{"base": ids[0], "cand": c, "verdicts": paired_verdicts(
-                con, self.workspace, ids[0], c), "tasks": _task_diff(rates[ids[0]], rates[c])}
-                for c in ids[1:]]
-            return {**cmp, "curves": curves, "pairs": pairs}
+            for p in pairs:
+                p["tasks"] = _task_diff(rates[ids[0]], rates[p["cand"]])
+            return {"runs": runs, "metrics": metrics, "pairs": pairs,
+                    "config": [{"key": k, "values": v} for k, v in sorted(config.items())],
+                    "config_keys_same": pairs[0]["config_keys_same"] if len(pairs) == 1 else None,
+                    "curves": [by_run[i] for i in ids]}
 
         return self._read(read)
 
@@ -486,6 +505,20 @@ def _with_bands(curves: dict[str, list]) -> dict[str, dict[str, Any]]:
         band = [[s, *ci] for s, v in points if s in se and (ci := interval(v, se[s])) is not None]
         out[key] = {"points": points, "band": band or None}
     return out
+
+
+def _finals(con: Any, ids: list[str]) -> dict[str, dict[str, tuple[str, Any]]]:
+    """run -> metric key -> (split, final value)."""
+    out: dict[str, dict[str, tuple[str, Any]]] = {i: {} for i in ids}
+    for run_id, key, split, value, text in con.execute(
+        "SELECT run_id, key, split, final_value, final_text FROM metric_summary "
+        "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall():
+        out[run_id][key] = (split, reports.metric_value(value, text))
+    return out
+
+
+def finals_split(finals: dict[str, dict[str, tuple[str, Any]]], key: str) -> str:
+    return next(f[key][0] for f in finals.values() if key in f)
 
 
 def _with_ci(m: dict[str, Any], key: str) -> dict[str, Any]:
