@@ -46,6 +46,7 @@ MAX_POINTS = 300         # points per curve (the history's own downsampling)
 MAX_PREDICTIONS = 1000   # prediction rows listed for one evaluation
 MAX_COMPARE = 8
 MAX_QUERY_CHARS = 8192
+MAX_FILTER_CHARS = 500
 MAX_TEXT_BYTES = 256 * 1024  # summary.md shown up to this size
 LOG_LINES = 60
 SHOWN_METRICS = 6        # eval metric columns of the runs table (plus those sorted/filtered on)
@@ -425,6 +426,9 @@ class Keys:
 
     def condition(self, text: str) -> tuple[str, list[Any], str]:
         """(SQL with ? placeholders, its arguments, the key) for one `KEY OP VALUE` filter."""
+        if len(text) > MAX_FILTER_CHARS:
+            raise BadRequest(f"a filter is at most {MAX_FILTER_CHARS} characters; this one has "
+                             f"{len(text)}")
         m = _FILTER.match(text)
         if not m:
             raise BadRequest(f"filter {text[:200]!r}: write KEY OP VALUE with OP one of "
