@@ -92,8 +92,12 @@ def replicate_groups(con: Any) -> list[dict[str, Any]]:
 
 
 def log_tail(path: Path, lines: int) -> tuple[list[str], bool]:
-    from evsys_mcp.readers import tail_lines  # the bounded tail the MCP server's tail_log uses
-
+    """The last `lines` lines of a log, read backwards within a byte bound (the reader the
+    job engine's and the MCP server's log tools use)."""
+    try:
+        from evsys_core.jobs.pages import tail_lines
+    except ModuleNotFoundError:  # a tree from before the job engine: the MCP server's copy
+        from evsys_mcp.readers import tail_lines
     return tail_lines(path, lines)
 
 
