@@ -306,7 +306,7 @@ def test_browser_run_page_shows_curves_and_predictions(browser, base: str) -> No
     assert browser.title == XSS_NAME + " · evsys"  # the payload, as text: it did not run
 
 
-def test_browser_compare_shows_diff_verdict_column_and_task_diff(browser, base: str) -> None:
+def test_browser_compare_shows_diff_verdict_and_task_diff(browser, base: str) -> None:
     from selenium.webdriver.common.by import By
 
     ids = run_ids(base)
@@ -319,6 +319,10 @@ def test_browser_compare_shows_diff_verdict_column_and_task_diff(browser, base: 
     assert "algorithm.params.learning_rate 0.0001 0.0003" in diff
     head = browser.find_element(By.CSS_SELECTOR, "#metrics thead").text
     assert "verdict beta vs alpha" in head
+    verdicts = {r.find_element(By.TAG_NAME, "td").text: r.find_element(By.CSS_SELECTOR, ".verdict").text
+                for r in browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")}
+    # 2 tasks fixed, 1 broken of 5: exact McNemar p = 1; a loss has no per-task predictions
+    assert verdicts == {"val/val/pass@1": "inconclusive", "train/mean_loss": "—"}
     section = browser.find_element(By.CSS_SELECTOR, "section.taskdiff[data-benchmark=val]")
     # alpha at step 4: t0, t2 pass; beta: t1, t2, t3 pass
     assert "val: 2 fixed, 1 broken, 2 unchanged" in section.text
@@ -395,3 +399,28 @@ def test_compare_three_runs_against_the_first(base: str) -> None:
     assert re.findall(r"<td>([^<]*)</td>", row) == ["0.0001", "0.0003", "1e-05"]
     assert body.count("<th>verdict ") == 2 and "Per task: beta against alpha" in body
     assert "<td>train/mean_loss</td><td>train</td><td>0.25</td><td>0.25 <small class=delta>(+0)" in body
+
+
+def test_browser_compare_shows_the_paired_verdict(browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "outputs"
+    rows = [{"step": 2, "split": "val", "metrics": {"val/val/pass@1": 0.1}}]
+    make_run(out, "weak", rows=rows, config=config_yaml(1e-4),
+             predictions={"val": preds(2, [1] * 3 + [0] * 27)})
+    rows = [{"step": 2, "split": "val", "metrics": {"val/val/pass@1": 0.9}}]
+    make_run(out, "strong", rows=rows, config=config_yaml(3e-4),
+             predictions={"val": preds(2, [1] * 27 + [0] * 3)})
+    age(tmp_path)
+    server = serve(tmp_path)
+    try:
+        url = server.url.rstrip("/")
+        ids = run_ids(url)
+        for base_, cand, verdict in (("weak", "strong", "better"), ("strong", "weak", "worse")):
+            browser.get(f"{url}/compare?run={ids[base_]}&run={ids[cand]}")
+            cell = browser.find_element(By.CSS_SELECTOR, "#metrics .verdict")
+            assert cell.text == verdict and f"v-{verdict}" in cell.get_attribute("class")
+            assert "30 paired tasks" in cell.get_attribute("title")
+    finally:
+        server.shutdown()
+        server.server_close()

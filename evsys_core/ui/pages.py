@@ -14,13 +14,10 @@ import math
 from typing import Any, Sequence
 from urllib.parse import urlencode
 
+from evsys_core.stats import is_companion as aux  # K_stderr, .../n_tasks: shown beside K
+
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 400, 190, 56, 10, 22, 26
-
-
-def aux(key: str) -> bool:
-    """A key shown beside its metric rather than on its own: `K_stderr`, `.../n_tasks`."""
-    return key.endswith("_stderr") or key.endswith("/n_tasks")
 
 
 def e(v: Any) -> str:
@@ -337,8 +334,8 @@ def compare_page(d: dict[str, Any]) -> str:
                + "".join(f"<th>{e(n)}</th>" for n in names) + vheads
                + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     if not any((v or {}).get("verdict") for p in d["pairs"] for v in p["verdicts"].values()):
-        out.append("<p class=note>No verdict: this build has no paired test of two runs' "
-                   "predictions, so the deltas above carry no test.</p>")
+        out.append("<p class=note>No verdict: a verdict needs both runs' per-task predictions "
+                   "of an eval metric; the deltas above carry no test.</p>")
     same = d["config_keys_same"]
     out.append("<h2>Config diff" + (f" <small>({same} keys the same)</small>" if same else "")
                + "</h2>"
@@ -362,7 +359,9 @@ def _verdict(entry: dict | None, split: str) -> str:
         why = (entry or {}).get("note") or ("training metric: no per-task predictions"
                                             if split == "train" else "no verdict")
         return f"<span class='verdict none' title='{e(why)}'>—</span>"
-    detail = ", ".join(f"{k} {fmt(entry[k])}" for k in ("delta", "p", "n_tasks") if k in entry)
+    detail = (f"Δ {fmt(entry.get('delta'))}, 95% CI [{fmt(entry.get('ci_low'))}, "
+              f"{fmt(entry.get('ci_high'))}], p {fmt(entry.get('p_value'))} "
+              f"({entry.get('test') or 'paired test'}), {fmt(entry.get('n_tasks'))} paired tasks")
     return f"<span class='verdict v-{e(v)}' title='{e(detail)}'>{e(v)}</span>"
 
 

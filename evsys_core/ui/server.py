@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from evsys_core import rundir
+from evsys_core import rundir, stats
 from evsys_core.errors import EvsysError, UsageError
 from evsys_core.history import reports
 from evsys_core.history.ingest import flatten
@@ -68,22 +68,20 @@ HEADERS = {
 
 
 def interval(value: Any, stderr: Any) -> tuple[float, float] | None:
-    """The 95% confidence interval of an eval metric from its `K_stderr` (normal approximation,
-    the one the run files' stderr is written for)."""
+    """The 95% confidence interval of an eval metric from its `K_stderr` (`stats.ci95`)."""
     if not (_num(value) and _num(stderr)):
         return None
-    return value - 1.96 * stderr, value + 1.96 * stderr
+    return stats.ci95(value, stderr)
 
 
 def compare_pair(con: Any, workspace: Path, base: str, cand: str) -> dict[str, Any]:
-    """The history's comparison of two runs: {runs: [base, cand], config: [{key, values}],
-    config_keys_same, verdicts: {metric key: {delta, verdict, ...}}}. `verdict` is None while
-    this build has no paired comparison of the runs' predictions."""
-    cmp = reports.compare(con, workspace, [base, cand])
+    """The history's comparison of two runs (`reports.compare`): {runs: [base, cand], config:
+    [{key, values}], config_keys_same, verdicts: {metric key: the paired entry: delta,
+    ci_low, ci_high, p_value, n_tasks, verdict (None without per-task predictions), note}}."""
+    cmp = reports.compare(con, workspace, base, cand)
     return {"runs": cmp["runs"], "config": cmp["config"],
             "config_keys_same": cmp["config_keys_same"],
-            "verdicts": {m["key"]: {"delta": m["delta"][1], "verdict": None}
-                         for m in cmp["metrics"]}}
+            "verdicts": {m["key"]: m for m in cmp["metrics"]}}
 
 
 def replicate_groups(con: Any) -> list[dict[str, Any]]:
@@ -262,7 +260,7 @@ class Source:
         meta = {
             "keys": known, "all_keys": sorted(known.metrics | known.params),
             "eval_keys": [k for k, split, _ in mkeys
-                          if split != "train" and not pages.aux(k)][:SHOWN_METRICS],
+                          if split != "train" and not stats.is_companion(k)][:SHOWN_METRICS],
             "param_cols": [k for (k,) in con.execute(  # params that differ between runs
                 "SELECT key FROM params WHERE key NOT IN (SELECT unnest(?::VARCHAR[])) "
                 "GROUP BY key HAVING count(DISTINCT coalesce(value_text, CAST(value AS VARCHAR)))"
@@ -305,7 +303,7 @@ class Source:
             finals = {m["key"]: m["final"] for m in shown["metrics"]}
             for m in shown["metrics"]:
                 m["ci"] = interval(m["final"], finals.get(m["key"] + "_stderr"))
-                m["n_tasks"] = finals.get(_n_key(m["key"]))
+                m["n_tasks"] = finals.get(stats.n_tasks_key(m["key"]))
             return {**shown, "curves": curves, "evals": evals, "eval": pick,
                     "preds": preds[:MAX_PREDICTIONS], "preds_cut": len(preds) > MAX_PREDICTIONS}
 
@@ -344,7 +342,7 @@ class Source:
                     if key not in {c["key"] for c in p["config"]}:
                         values[i + 1] = values[0]
             finals = _finals(con, ids)
-            keys = sorted({k for f in finals.values() for k in f if not pages.aux(k)},
+            keys = sorted({k for f in finals.values() for k in f if not stats.is_companion(k)},
                           key=lambda k: (finals_split(finals, k) == "train", k))
             metrics = [{"key": k, "split": finals_split(finals, k), "values": [
                 _with_ci({x: v for x, (_, v) in finals[i].items()}, k) for i in ids]}
@@ -469,7 +467,7 @@ def _cells(con: Any, ids: list[str], metric_cols: list[str], param_cols: list[st
     out: dict[str, tuple[dict, dict]] = {i: ({}, {}) for i in ids}
     if not ids:
         return out
-    keys = _unique([x for k in metric_cols for x in (k, k + "_stderr", _n_key(k))])
+    keys = _unique([x for k in metric_cols for x in (k, k + "_stderr", stats.n_tasks_key(k))])
     for run_id, key, value, text in con.execute(
         "SELECT run_id, key, final_value, final_text FROM metric_summary WHERE run_id IN "
         "(SELECT unnest(?::VARCHAR[])) AND key IN (SELECT unnest(?::VARCHAR[]))", [ids, keys]
@@ -531,7 +529,7 @@ def finals_split(finals: dict[str, dict[str, tuple[str, Any]]], key: str) -> str
 
 def _with_ci(m: dict[str, Any], key: str) -> dict[str, Any]:
     v = m.get(key)
-    return {"value": v, "ci": interval(v, m.get(key + "_stderr")), "n": m.get(_n_key(key))}
+    return {"value": v, "ci": interval(v, m.get(key + "_stderr")), "n": m.get(stats.n_tasks_key(key))}
 
 
 def _task_rates(con: Any, ids: list[str]) -> dict[str, dict[str, dict[str, tuple]]]:
@@ -590,10 +588,6 @@ def _exists(con: Any, run_id: str) -> bool:
 def _dicts(cur: Any) -> list[dict[str, Any]]:
     cols = [d[0] for d in cur.description]
     return [{c: reports.iso(v) for c, v in zip(cols, row)} for row in cur.fetchall()]
-
-
-def _n_key(key: str) -> str:
-    return key.rsplit("/", 1)[0] + "/n_tasks"
 
 
 def _unique(xs: list[str]) -> list[str]:
