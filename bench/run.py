@@ -25,16 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 # (id, title of its RESULTS.md section, script) in the order they run: B4 builds the history
-# index that B5 and B3 (`evsys runs`) read.
+# index that B5, B6 and B3 (`evsys runs`) read.
 BENCHES = [
     ("B1", "B1 — SDFT step vs TRL", "bench_sdft.py"),
     ("B2", "B2 — sampling vs transformers generate", "bench_engine.py"),
     ("AB", "Engine changes, A/B", "bench_ab.py"),
     ("B4", "B4 — history at scale", "bench_history.py"),
     ("B5", "B5 — MCP latency", "bench_mcp.py"),
+    ("B6", "B6 — ui page latency", "bench_ui.py"),
     ("B3", "B3 — start-up", "bench_startup.py"),
 ]
-ORDER = ["B1", "AB", "B2", "B3", "B4", "B5"]  # in RESULTS.md
+ORDER = ["B1", "AB", "B2", "B3", "B4", "B5", "B6"]  # in RESULTS.md
 
 
 def old_sections() -> dict[str, str]:

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "evsys_core.history.cli",     # runs, show, best, compare, query, plot, conclude
     "evsys_core.tinker_local",    # tinker-local
     "evsys_core.jobs.cli",        # launch, status, wait, cancel, logs
+    "evsys_core.ui.server",       # ui
 )
 
 
