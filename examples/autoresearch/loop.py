@@ -77,6 +77,7 @@ class Agent:
         self.log_path = log_path
         self.tested: dict[float, dict[str, float | None]] = {}
         self.runs: dict[float, str] = {}
+        self.best: float | None = None  # the incumbent: replaced only on a paired `better` verdict
 
     async def tool(self, name: str, **args: Any) -> dict[str, Any]:
         r = await self.c.call_tool(name, args)
@@ -98,6 +99,8 @@ class Agent:
                 continue  # a different budget is a different question
             self.tested[float(lr)] = {PASS: p1, LOSS: loss}
             self.runs[float(lr)] = run_id
+            if self.best is None or "new incumbent" in (conclusion or ""):
+                self.best = float(lr)  # the first run, then each one a verdict promoted
             print(f"  {name}: lr={lr:g} pass@1={fmt(p1)} loss={fmt(loss)} — {(conclusion or '').strip()[:100]}")
 
     def config_text(self, lr: float, run_name: str) -> str:
@@ -109,7 +112,7 @@ class Agent:
 
     async def iterate(self, i: int, lr: float) -> None:
         name = f"lr_{lr_tag(lr)}_steps{self.max_steps}"
-        best_lr = max(self.tested, key=lambda x: score(self.tested[x])) if self.tested else None
+        best_lr = self.best
         if best_lr is None:
             hypothesis = f"baseline at the walkthrough's lr {lr:g}"
         elif lr > best_lr:
@@ -148,16 +151,13 @@ class Agent:
         print("curves: " + " | ".join(
             f"{c['key']} " + " -> ".join(fmt(value) for _, value in c["points"]) for c in curves["series"]))
         metrics = {PASS: status["final_metrics"].get(PASS), LOSS: status["final_metrics"].get(LOSS)}
-        verdict = "first data point"
-        if best_lr is not None:
-            cmp = await self.tool("compare_runs", runs=[self.runs[best_lr], run])
-            deltas = {m["key"]: m["delta"] for m in cmp["metrics"]}
-            d_pass, d_loss = deltas.get(PASS), deltas.get(LOSS)
-            better = score(metrics) > score(self.tested[best_lr])
-            verdict = (f"{'better' if better else 'not better'} than lr {best_lr:g} "
-                       f"(Δpass@1 {fmt(d_pass)}, Δloss {fmt(d_loss)})")
+        verdict = "first data point: the incumbent until a run is paired-better"
         self.tested[lr] = metrics
         self.runs[lr] = run
+        if best_lr is None:
+            self.best = lr
+        else:
+            verdict = await self.judge(best_lr, lr)
         conclusion = (f"lr {lr:g}, {self.max_steps} steps: pass@1 {fmt(metrics[PASS])}, final loss "
                       f"{fmt(metrics[LOSS])}; {verdict}. Next: lr {next_lr(self.tested):g}.")
         await self.tool("record_conclusion", run=run, text=conclusion)
@@ -165,13 +165,31 @@ class Agent:
         with self.log_path.open("a") as log:
             log.write(f"## {name} ({run})\n{hypothesis} → {verdict}\nnext: lr {next_lr(self.tested):g}\n\n")
 
+    async def judge(self, best_lr: float, lr: float) -> str:
+        """The evidence rule of program.md: a candidate replaces the incumbent only on a paired
+        `better` verdict for the held-out metric; anything else is said as what it is."""
+        cmp = await self.tool("compare_runs", runs=[self.runs[best_lr], self.runs[lr]], metric=PASS)
+        m = next((m for m in cmp["metrics"] if m["key"] == PASS), None)
+        if m is None or m["verdict"] is None:
+            return f"no verdict against lr {best_lr:g} ({(m or {}).get('note') or 'no paired tasks'}); incumbent kept"
+        evidence = (f"Δpass@1 {m['delta']:+.3f} (95% CI {m['ci_low']:+.3f} to {m['ci_high']:+.3f}), "
+                    f"p={m['p_value']:.3g} ({m['test']}), {m['n_tasks']} paired tasks, 1 seed per run")
+        if m["verdict"] == "better":
+            self.best = lr
+            return f"better than lr {best_lr:g}: {evidence}; new incumbent"
+        if m["verdict"] == "worse":
+            return f"worse than lr {best_lr:g}: {evidence}; incumbent kept"
+        return (f"inconclusive against lr {best_lr:g}: {evidence}; not an improvement — more tasks "
+                f"or seed replicates are needed before concluding either way; incumbent kept")
+
     async def report(self) -> None:
         print("\n=== What I learned")
         for lr in sorted(self.tested):
             m = self.tested[lr]
             print(f"  lr {lr:<8g} pass@1 {fmt(m[PASS])}  final loss {fmt(m[LOSS])}  ({self.runs[lr]})")
-        best = max(self.tested, key=lambda x: score(self.tested[x]))
-        print(f"Best: lr {best:g} (run {self.runs[best]}) on {PASS}, then loss, at {self.max_steps} steps.")
+        best = self.best
+        print(f"Incumbent: lr {best:g} (run {self.runs[best]}) at {self.max_steps} steps — replaced only by a "
+              f"paired `better` verdict on {PASS}; raw differences below are not findings.")
         for lr in sorted(self.tested):
             if lr != best:
                 d_pass = _delta(self.tested[lr][PASS], self.tested[best][PASS])

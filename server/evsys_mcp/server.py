@@ -88,8 +88,10 @@ Work in a loop, one experiment per iteration:
 5. Measure: read_summary, get_metrics (or plot_metrics to see the curves); score_benchmark
    (a detached score run: wait_for_run on it too) if the config has no in-loop benchmark for
    what you care about; compare_runs against the best run so far.
-6. record_conclusion on the run: what changed, the numbers, whether the expectation held,
-   and what to try next. A run without a conclusion is a wasted run.
+6. record_conclusion on the run: what changed, the compare_runs verdict with its delta, 95% CI,
+   p-value, paired tasks and seeds, whether the expectation held, and what to try next. Call a
+   change better only on a `better` verdict; `inconclusive` is not an improvement: add
+   replicates or tasks before concluding. A run without a conclusion is a wasted run.
 7. Go back to 1. Stop when the budget is spent or the last changes stopped helping, and end
    with a summary of the best config and the evidence for it.
 """
