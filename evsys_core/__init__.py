@@ -3,6 +3,7 @@
     import evsys_core
     result = evsys_core.run("examples/sdft_walkthrough/config.yaml")
     print(result.status, result.metrics, result.run_dir)
+    group = evsys_core.run_group("examples/sdft_walkthrough/config.yaml", seeds=[0, 1, 2])
 
 Heavy dependencies (torch, transformers, tinker) load only when a run starts.
 `evsys_core.LocalServiceClient` is Tinker's ServiceClient served locally (docs/tinker-local.md).
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from evsys_core.replicates import GroupResult
     from evsys_core.runner import RunResult
 
 
@@ -23,6 +25,14 @@ def run(config: Any, overrides: Sequence[str] = (), **kwargs: Any) -> "RunResult
     from evsys_core.runner import run as _run
 
     return _run(config, overrides, **kwargs)
+
+
+def run_group(config: Any, seeds: Sequence[int] | str, overrides: Sequence[str] = (),
+              **kwargs: Any) -> "GroupResult":
+    """Run a config once per seed as one replicate group; see `replicates.run_group`."""
+    from evsys_core.replicates import run_group as _run_group
+
+    return _run_group(config, seeds, overrides, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

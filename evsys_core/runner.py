@@ -108,8 +108,9 @@ def _git_commit(workspace: Path) -> str | None:
 
 def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = None,
         run_name: str | None = None, run_dir: Path | None = None, resume: Path | None = None,
-        stream: Any = None) -> RunResult:
-    """Run a config (path or RunConfig). Bad input raises EvsysError before anything is written."""
+        stream: Any = None, group: dict[str, str] | None = None) -> RunResult:
+    """Run a config (path or RunConfig). Bad input raises EvsysError before anything is written.
+    `group` ({group_id, group_name}) marks the run as one replicate of a group (replicates.py)."""
     from evsys_core.config import config_to_yaml, load_config
     from evsys_core.jobs.record import TRAIN, new_record, shown_path
 
@@ -155,6 +156,7 @@ def run(config: Any, overrides: Sequence[str] = (), *, workspace: Path | None = 
             run_id=claimed.get("id"), config_hash=config_hash,
             git_commit=_git_commit(cfg.workspace),
             config_path=shown_path(getattr(cfg, "source_path", None), cfg.workspace))
+        info.update(group or {})  # a replicate of a group (replicates.py)
         rundir.write_text_atomic(run_dir / "config.yaml", yaml_text, run_dir)
 
     from evsys_core.callbacks import LocalLogger
@@ -303,7 +305,8 @@ def _evaluate(ctx: Any, benches: list[tuple[Any, list[Any]]], step: int, logger:
 
     sampler = ctx.sampler()
     for spec, tasks in benches:
-        result = evaluate(sampler, ctx.tokenizer, spec, tasks, system_prompt=cfg.algorithm.params.system_prompt)
+        result = evaluate(sampler, ctx.tokenizer, spec, tasks, system_prompt=cfg.algorithm.params.system_prompt,
+                          seed=cfg.seed)  # replicates sample their evaluations apart (temperature > 0)
         logger.log_metrics(step, spec.split, result.metrics)
         logger.log_predictions(spec.name, step, result.predictions)
         progress.eval(step, result.metrics)
@@ -318,8 +321,12 @@ def register(sub: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set algorithm.params.max_steps=10")
     p.add_argument("--run-name", help="name of the run directory (default: the local_logger run_name)")
-    p.add_argument("--run-dir", type=Path, help=argparse_suppress())
+    p.add_argument("--run-dir", type=Path, action="append", help=argparse_suppress())  # one per seed
+    p.add_argument("--group-id", help=argparse_suppress())
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--seeds", metavar="S,S,...",
+                   help="run the config once per seed, one after another, as one replicate group "
+                        "(directories <run_name>-s<seed>), e.g. --seeds 0,1,2")
     p.add_argument("--workspace", type=Path, help="root that relative paths resolve against (default: cwd)")
     p.set_defaults(func=_cmd_run)
 
@@ -335,6 +342,18 @@ def _cmd_run(args: Any) -> int:
 
     if not args.config and not args.resume:
         raise UsageError("give a CONFIG to run, or --resume RUN_DIR")
+    if args.seeds is not None:
+        from evsys_core.replicates import run_group
+
+        if args.resume:
+            raise UsageError("--resume continues one run; resume each replicate's directory on its own")
+        group = run_group(args.config, args.seeds, args.overrides, workspace=args.workspace,
+                          run_name=args.run_name, run_dirs=args.run_dir, group_id=args.group_id)
+        print(f"Group {group.group_name} ({group.group_id}): "
+              + ", ".join(f"seed {s} {r.status}" for s, r in zip(group.seeds, group.runs)), flush=True)
+        return 0 if group.status == "completed" else 1
+    if args.run_dir and len(args.run_dir) > 1:
+        raise UsageError("several run directories are for --seeds (one per seed)")
     result = run(args.config, args.overrides, workspace=args.workspace, run_name=args.run_name,
-                 run_dir=args.run_dir, resume=args.resume)
+                 run_dir=args.run_dir[0] if args.run_dir else None, resume=args.resume)
     return 0 if result.status == "completed" else 1

@@ -39,12 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="show at most N runs")
     p.add_argument("--kind", choices=("train", "score", "all"), default="train",
                    help="training runs (default), score runs, or all")
+    p.add_argument("--groups", action="store_true",
+                   help="list replicate groups (evsys run --seeds) instead: runs, seeds, and the "
+                        "mean and 95%% interval of each eval metric across them")
     p.set_defaults(func=cmd_runs)
 
-    p = subparsers.add_parser("show", parents=[common], help="one run in full",
+    p = subparsers.add_parser("show", parents=[common], help="one run (or replicate group) in full",
                               description="Config, status, final and best metrics, "
-                              "predictions, conclusions and file paths of one run.")
-    p.add_argument("run", metavar="RUN", help="run id, name (or unique prefix), or directory")
+                              "predictions, conclusions and file paths of one run; for a "
+                              "group, its runs and each metric's mean and 95%% interval.")
+    p.add_argument("run", metavar="RUN", help="run id, name (or unique prefix), or directory; "
+                   "or a group id or name")
     p.set_defaults(func=cmd_show)
 
     p = subparsers.add_parser("best", parents=[common], help="the best runs by a metric")
@@ -59,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=5, metavar="N", help="how many (default 5)")
     p.add_argument("--kind", choices=("train", "score", "all"), default="train",
                    help="rank training runs (default), score runs, or all")
+    p.add_argument("--groups", action="store_true",
+                   help="rank replicate groups by the metric's mean over their completed runs")
     p.set_defaults(func=cmd_best)
 
     p = subparsers.add_parser(
@@ -124,6 +131,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
     from evsys_core.stats import is_companion
 
+    if args.groups:
+        if args.where or args.sort:
+            raise UsageError("--where and --sort apply to runs, not to --groups; "
+                             "query the groups and group_metrics views with `evsys query`")
+        return _print_groups(_index(args).groups(limit=args.limit), args)
     rows = _index(args).runs(where=args.where, sort=args.sort, limit=args.limit, kind=_kind(args))
     if args.json:
         tables.print_json(rows)
@@ -154,11 +166,64 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interval(m: dict[str, Any]) -> str:
+    """'0.727 [0.650, 0.804] (3 runs)': the mean and its 95% t-interval across replicates."""
+    from evsys_core.history import tables
+
+    n = m["n_runs"]
+    if m.get("ci95_low") is None:
+        return f"{tables.fmt(m['mean'])} ({n} run{'s' if n != 1 else ''})"
+    return f"{tables.fmt(m['mean'])} [{tables.fmt(m['ci95_low'])}, {tables.fmt(m['ci95_high'])}] ({n} runs)"
+
+
+def _print_groups(rows: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+
+    if args.json:
+        tables.print_json(rows)
+        return 0
+    if not rows:
+        print("no replicate groups (evsys run CONFIG --seeds 0,1,2 runs one)")
+        return 0
+    keys = sorted({k for g in rows for k in g["metrics"]})[:MAX_METRIC_COLUMNS]
+    tables.print_table(
+        ["group", "id", "runs", "completed", "seeds", *(f"{k} (95% CI)" for k in keys)],
+        [[g["group_name"], g["group_id"], g["n_runs"], g["n_completed"],
+          ",".join(str(s) for s in g["seeds"] if s is not None),
+          *(_interval(g["metrics"][k]) if k in g["metrics"] else None for k in keys)] for g in rows])
+    return 0
+
+
+def _show_group(info: dict[str, Any], args: argparse.Namespace) -> int:
+    from evsys_core.history import tables
+
+    if args.json:
+        tables.print_json(info)
+        return 0
+    g = info["group"]
+    print(f"group {g['group_name']}  (id {g['group_id']})  {g['n_completed']}/{g['n_runs']} runs completed")
+    tables.print_table(["run", "seed", "status", "steps", "run id", "path"],
+                       [[r["name"], r["seed"], r["status"], r["steps"], r["run_id"], r["path"]]
+                        for r in info["runs"]], title="replicates")
+    if info["metrics"]:
+        print()
+        tables.print_table(
+            ["metric", "mean", "95% CI low", "95% CI high", "sd", "min", "max", "runs"],
+            [[m["key"], m["mean"], m["ci95_low"], m["ci95_high"], m["sd"], m["min_value"],
+              m["max_value"], m["n_runs"]] for m in info["metrics"]],
+            title="final metrics across completed replicates (95% t-interval)")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
     from evsys_core.history.ingest import flatten
 
-    info = _index(args).show(args.run)
+    idx = _index(args)
+    group = idx.group(args.run)
+    if group is not None:
+        return _show_group(group, args)
+    info = idx.show(args.run)
     if args.json:
         tables.print_json(info)
         return 0
@@ -207,6 +272,22 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     from evsys_core.history import tables
 
+    if args.groups:
+        if args.where or args.by != "final":
+            raise UsageError("--groups ranks by the mean final value; --where and --by best "
+                             "apply to runs only")
+        rows = _index(args).best_groups(args.metric, maximize=args.maximize, limit=args.limit)
+        if args.json:
+            tables.print_json(rows)
+            return 0
+        if not rows:
+            print(f"no replicate group has a completed run with {args.metric}")
+            return 0
+        tables.print_table(
+            ["#", "group", f"{args.metric} (mean)", "95% CI", "runs", "algorithm", "group id"],
+            [[i, r["group_name"], r["value"], _interval({**r, "mean": r["value"]}), r["n_runs"],
+              r["algorithm"], r["group_id"]] for i, r in enumerate(rows, 1)])
+        return 0
     rows = _index(args).best(args.metric, maximize=args.maximize, where=args.where,
                              by=args.by, limit=args.limit, kind=_kind(args))
     if args.json:

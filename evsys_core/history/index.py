@@ -23,7 +23,7 @@ import duckdb
 
 from evsys_core import rundir, safefs
 from evsys_core.errors import RunError, UsageError
-from evsys_core.history import reports, schema, snapshot
+from evsys_core.history import groups, reports, schema, snapshot
 from evsys_core.history.ingest import format_conclusion
 from evsys_core.history.refresh import Refresher, RefreshStats, unchanged
 from evsys_core.history.store import (
@@ -287,6 +287,23 @@ class Index:
              by: str = "final", limit: int | None = 5, kind: str | None = "train",
              offset: int = 0) -> list[dict[str, Any]]:
         return self._read(lambda con: reports.best(con, metric, maximize, where, by, limit, kind, offset))
+
+    def groups(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Replicate groups, newest first, with mean and 95% interval of each eval metric."""
+        return self._read(lambda con: groups.list_groups(con, limit))
+
+    def group(self, ref: str) -> dict[str, Any] | None:
+        """{group, runs, metrics} of the group `ref` names (id, name, id prefix), or None when
+        it names no group (or names a run: a run's id or exact name wins)."""
+        def read(con: Any) -> dict[str, Any] | None:
+            g = groups.find_group(con, ref)
+            return groups.show_group(con, g) if g else None
+
+        return self._read(read)
+
+    def best_groups(self, metric: str, maximize: bool = True,
+                    limit: int | None = 5) -> list[dict[str, Any]]:
+        return self._read(lambda con: groups.best_groups(con, metric, maximize, limit))
 
     def compare(self, base: str, cand: str, metric: str | None = None,
                 step: int | None = None) -> dict[str, Any]:

@@ -453,6 +453,8 @@ def run_row(
         "n_conclusions": len(conclusions),
         "inferred": not info,
         "last_modified": last_modified,
+        "group_id": to_str(info.get("group_id")),
+        "group_name": to_str(info.get("group_name")),
     }
 
 

@@ -7,7 +7,8 @@ Tables people query (documented in docs/history.md):
   metric_summary  per (run, key): count, final value, max and min with their steps
   predictions     one row per line of predictions/<benchmark>.jsonl
   conclusions     one row per entry of conclusion.md
-Views: latest_metrics (the final value per run and key), best_metrics (max/min per run and key).
+Views: latest_metrics (the final value per run and key), best_metrics (max/min per run and key),
+groups and group_metrics (replicate groups, mean and 95% interval across runs: groups.py).
 
 Bookkeeping (how refresh knows what changed): `dirs` (every directory walked, its mtime),
 `files` (every run file read: size, mtime, inode, bytes consumed so far, and for small files
@@ -31,6 +32,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("parent_run_id", "VARCHAR"), ("pid", "BIGINT"), ("error", "VARCHAR"),
         ("conclusion", "VARCHAR"), ("n_conclusions", "BIGINT"), ("inferred", "BOOLEAN"),
         ("last_modified", "TIMESTAMP"), ("run_json", "VARCHAR"),
+        ("group_id", "VARCHAR"), ("group_name", "VARCHAR"),
     ],
     "params": [("run_id", "VARCHAR"), ("key", "VARCHAR"), ("value", "DOUBLE"),
                ("value_text", "VARCHAR")],
@@ -74,11 +76,13 @@ CREATE VIEW best_metrics AS
 
 
 def create_sql() -> str:
+    from evsys_core.history.groups import views_sql
+
     parts = []
     for table, cols in COLUMNS.items():
         body = ", ".join(f'"{name}" {typ}' for name, typ in cols)
         parts.append(f"CREATE TABLE {table} ({body});")
-    return "\n".join(parts) + VIEWS
+    return "\n".join(parts) + VIEWS + views_sql()
 
 
 # Recomputes metric_summary for the runs whose ids are the parameter (a list of VARCHAR).
@@ -109,5 +113,5 @@ RUN_TABLES = ("runs", "params", "metrics", "metric_summary", "predictions", "con
 # Tables and views a person or agent is meant to query (listed in error messages).
 PUBLIC_TABLES = (
     "runs", "params", "metrics", "metric_summary", "predictions", "conclusions",
-    "latest_metrics", "best_metrics",
+    "latest_metrics", "best_metrics", "groups", "group_metrics",
 )
