@@ -38,7 +38,7 @@ class LocalLogger:
         rundir.append_jsonl(self.run_dir / rundir.METRICS, {"step": step, "split": split, "metrics": metrics},
                             self.run_dir)
         if split == "train":
-            self.last_train = metrics
+            self.last_train.update(metrics)  # the latest value of every training key
         else:
             self.evals.append((step, metrics))
 
@@ -48,7 +48,7 @@ class LocalLogger:
             rundir.append_jsonl(path, {"step": step, **row}, self.run_dir)
 
     def final_metrics(self) -> dict[str, float]:
-        """The last training row and the latest value of every eval metric."""
+        """The latest value of every training and eval metric."""
         final = dict(self.last_train)
         for _, metrics in self.evals:
             final.update(metrics)
@@ -91,6 +91,9 @@ class LocalLogger:
             lines += ["", f"Error: {error}"]
         lines += ["", "## Final metrics", ""]
         lines += [f"- {k}: {v}" for k, v in sorted(format_metrics(final).items())] or ["- (none)"]
+        from evsys_core.benchmarks.ceiling import summary_lines
+
+        lines += summary_lines(final)
         lines += ["", "## Evaluations", ""]
         lines += [f"- step {step}: " + "; ".join(f"{k}={v}" for k, v in sorted(format_metrics(m).items()))
                   for step, m in self.evals] or ["- (none)"]

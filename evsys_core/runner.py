@@ -263,6 +263,7 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
                 progress.step(step, metrics)
 
             ctx.on_step_end = on_step_end
+            ctx.on_log = lambda step, metrics: logger.log_metrics(step, "train", metrics)
             get_algorithm(cfg.algorithm.kind)(ctx)
 
             step = logger.info.get("step", 0)

@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 
 
+CEILING_KEYS = {"train/teacher_pass@1", "train/teacher_pass@1_stderr", "train/student_pass@1",
+                "train/student_pass@1_stderr", "train/n_tasks"}
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -22,8 +26,11 @@ def assert_run_dir(run_dir: Path, steps: int, benches: dict[str, tuple[str, int,
         assert key in info, key
     rows = read_rows(run_dir / "metrics.jsonl")
     assert all(set(r) == {"step", "split", "metrics"} for r in rows)
-    train = [r for r in rows if r["split"] == "train"]
+    train = [r for r in rows if r["split"] == "train" and r["step"] > 0]
     assert [r["step"] for r in train] == list(range(1, steps + 1))
+    before = [r for r in rows if r["split"] == "train" and r["step"] == 0]  # sdft's teacher ceiling
+    assert info["algorithm"] == "sdft" or not before
+    assert all(set(r["metrics"]) == CEILING_KEYS for r in before)
     assert all("train/mean_loss" in r["metrics"] and all(k.startswith("train/") for k in r["metrics"])
                for r in train)
     summary = (run_dir / "summary.md").read_text()

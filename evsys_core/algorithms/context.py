@@ -24,6 +24,7 @@ class TrainContext:
     task_dir: Path | None = None     # where a task's relative verifier paths resolve
     start_step: int = 0              # > 0 when resuming
     on_step_end: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
+    on_log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     should_stop: Callable[[], bool] = lambda: False
     _sampler: Any = field(default=None, repr=False)
 
@@ -82,6 +83,10 @@ class TrainContext:
         if self._sampler is None:
             self._sampler = self.training_client.save_weights_and_get_sampling_client()
         return self._sampler
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Log training metrics that are not a step's own (e.g. a measurement at step 0)."""
+        self.on_log(step, {f"train/{k}": float(v) for k, v in metrics.items()})
 
     def end_step(self, step: int, metrics: dict[str, float]) -> None:
         """Log the step's training metrics; the runner evaluates and checkpoints from here."""

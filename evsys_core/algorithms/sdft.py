@@ -11,7 +11,8 @@ There is no separate teacher model. Each step:
        kl=reverse  the analytic gradient of KL(student || teacher) over the teacher's top-K,
                    passed to cross_entropy as signed per-token weights (one extra forward).
 Logged: train/mean_loss (per distilled token), train/kl (teacher→student over top-K),
-train/completion_len, train/teacher_top1_agree.
+train/completion_len, train/teacher_top1_agree; at step 0 the teacher's ceiling,
+train/teacher_pass@1 beside train/student_pass@1 on the training prompts (ceiling.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from evsys_core import render
 from evsys_core.algorithms.context import TrainContext
+from evsys_core.benchmarks import ceiling
 
 
 def student_prompt(tokenizer: Any, params: Any, example: Any) -> list[int]:
@@ -80,6 +82,11 @@ def train(ctx: TrainContext) -> None:
     stop = render.end_of_turn_tokens(tok)
     rollout_params = types.SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, stop=stop)
     score_params = types.SamplingParams(max_tokens=1, temperature=0.0)
+    if ctx.start_step == 0:  # can the teacher answer with the hint at all? (benchmarks/ceiling.py)
+        rows = ctx.rows[:ceiling.MAX_PROMPTS]
+        ctx.log(0, ceiling.measure(teacher, ctx.sampler(), tok, [teacher_prompt(tok, p, ex) for ex in rows],
+                                   [student_prompt(tok, p, ex) for ex in rows], [ex.expected for ex in rows],
+                                   p.max_tokens))
 
     for step, batch in ctx.batches():
         # 1. Student rollouts, on-policy, from the plain prompt (all submitted, then awaited).
