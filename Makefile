@@ -39,7 +39,7 @@ test-fast: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) examples/sdft_walkthrough/run.py
+	$(PY) examples/sdft_walkthrough/run.py --demo
 
 # Benchmarks with peers side by side (bench/RESULTS.md). The peers (TRL, MLflow) live in their
 # own virtualenv, bench/.venv-peers; torch is installed first and pinned, as above.

@@ -25,7 +25,7 @@ def make_tasks():
 
 def test_checked_in_files_are_exactly_what_the_generator_writes(make_tasks, tmp_path):
     built = make_tasks.build()
-    assert len(built) == 5
+    assert len(built) == 8
     for rel, text in built.items():
         assert (REPO / rel).read_text(encoding="utf-8") == text, f"{rel}: rerun examples/capitals/make_tasks.py"
     assert make_tasks.build() == built  # the same bytes every time
@@ -70,3 +70,6 @@ def test_sdft_seen_asks_the_training_questions_and_val_rephrases_them(make_tasks
     assert [t.verifier.expected for t in val[1:]] == [r.expected for r in train.rows[2:]]
     assert not {t.instruction for t in val} & {t.instruction for t in seen}  # other words
     assert all(t.verifier.fn_name == "contains" for t in seen + val)
+    for name, n in (("train.jsonl", 12), ("seen/tasks.jsonl", 12), ("val/tasks.jsonl", 11)):
+        demo = (SDFT / "demo" / name).read_text(encoding="utf-8")  # the two-minute demo's data
+        assert demo.count("\n") == n and (SDFT / name).read_text(encoding="utf-8").startswith(demo)

