@@ -3,6 +3,7 @@ warning when it cannot teach) in summary.md."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -38,11 +39,17 @@ def test_sdft_logs_the_teacher_ceiling_at_step_0_and_summary_shows_it(tmp_path, 
 
 def test_resumed_sdft_run_does_not_measure_the_ceiling_again(tmp_path, tiny_model_dir):
     ws = make_workspace(tmp_path, tiny_model_dir, "sdft", "topk: 5, max_tokens: 6, checkpoint_every: 1")
-    first, _ = run(ws, "algorithm.params.max_steps=1")
-    again, printed = run(ws, "algorithm.params.max_steps=2", resume=first.run_dir)
+    first, _ = run(ws)
+    run_dir = first.run_dir
+    # as if the process died after step 2 but before its final checkpoint
+    (run_dir / "checkpoints" / "latest.json").write_text(json.dumps(
+        {"step": 1, "path": str(run_dir / "checkpoints" / "step_000001")}))
+    info = json.loads((run_dir / rundir.RUN_JSON).read_text())
+    rundir.write_json_atomic(run_dir / rundir.RUN_JSON, {**info, "status": "interrupted"})
+    again, printed = run(ws, resume=run_dir)
     assert again.status == "completed", printed
-    rows = list(rundir.read_jsonl(first.run_dir / rundir.METRICS))
-    assert max(r["step"] for r in rows) == 2
+    rows = list(rundir.read_jsonl(run_dir / rundir.METRICS))
+    assert [r["step"] for r in rows if r["split"] == "train"] == [0, 1, 2]
     assert sum(1 for r in rows if "train/teacher_pass@1" in r["metrics"]) == 1
 
 
@@ -67,5 +74,5 @@ def test_summary_warns_when_the_teacher_cannot_teach(teacher, student, warnings)
     assert len(warned) == len(warnings)
     for w, line in zip(warnings, warned):
         assert w in line
-    assert f"- teacher with the hint: {teacher:.3f} ± 0.196 (95% CI, 10 prompts)" in lines
+    assert f"- teacher with the hint: {teacher:.3f} ± 0.196 (95% CI, 10 tasks)" in lines
     assert summary_lines({"train/mean_loss": 1.0}) == []

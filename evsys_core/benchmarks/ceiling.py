@@ -5,18 +5,18 @@ shown (its `demo_template`), and the untrained student answers the plain prompts
 way; each answer is scored by the `contains` verifier against the row's `expected` (the
 answer appears as a whole word, accents and case ignored). Logged as one `train` row at
 step 0: `train/teacher_pass@1`, `train/student_pass@1`, each with its `_stderr` (over the
-prompts), and `train/n_tasks` (prompts scored: the first MAX_PROMPTS rows). A teacher that
+prompts), and `train/n_tasks` (prompts scored: the first MAX_PROMPTS rows; the key stats.n_tasks_key names,
+so the row is shown like an eval row). A teacher that
 is wrong cannot teach: `summary_lines` turns a low ceiling, or one not above the student,
 into a warning in summary.md.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from evsys_core import render
+from evsys_core import render, stats
 
 MAX_PROMPTS = 256
 VERIFIER = "contains"
@@ -50,17 +50,10 @@ def measure(teacher: Any, student: Any, tokenizer: Any, teacher_prompts: Sequenc
     out: dict[str, float] = {}
     for key, client, prompts in (("teacher_pass@1", teacher, teacher_prompts),
                                  ("student_pass@1", student, student_prompts)):
-        mean, se = _mean_stderr(greedy_scores(client, tokenizer, prompts[:n], expected[:n], max_tokens))
+        mean, se = stats.mean_stderr(greedy_scores(client, tokenizer, prompts[:n], expected[:n], max_tokens))
         out[key], out[key + "_stderr"] = mean, se
     out["n_tasks"] = n
     return out
-
-
-def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return mean, sd / math.sqrt(n)
 
 
 def summary_lines(final: dict[str, Any]) -> list[str]:
@@ -69,8 +62,8 @@ def summary_lines(final: dict[str, Any]) -> list[str]:
         return []
     t, s, n = final[TEACHER], final[STUDENT], int(final.get(N) or 0)
     lines = ["", "## Teacher ceiling (step 0, training prompts, greedy)", "",
-             f"- teacher with the hint: {_score(t, final.get(TEACHER + '_stderr'), n)}",
-             f"- student without it: {_score(s, final.get(STUDENT + '_stderr'), n)}"]
+             f"- teacher with the hint: {stats.format_score(t, final.get(TEACHER + '_stderr'), n)}",
+             f"- student without it: {stats.format_score(s, final.get(STUDENT + '_stderr'), n)}"]
     if t < LOW_CEILING:
         lines.append(f"- WARNING: the teacher answers only {round(t * n)} of {n} training prompts right "
                      "even with the answer in its prompt; what it does not know it cannot teach "
@@ -79,9 +72,3 @@ def summary_lines(final: dict[str, Any]) -> list[str]:
         lines.append(f"- WARNING: the teacher ({t:.3f}) is not above the student ({s:.3f}); there is "
                      "little for distillation to add on these prompts")
     return lines
-
-
-def _score(value: float, stderr: Any, n: int) -> str:
-    if isinstance(stderr, float) and math.isfinite(stderr):
-        return f"{value:.3f} ± {1.959963984540054 * stderr:.3f} (95% CI, {n} prompts)"
-    return f"{value:.3f} ({n} prompts)"
