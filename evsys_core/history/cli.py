@@ -172,7 +172,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if run["error"]:
         pairs.append(("error", run["error"]))
     if run["inferred"]:
-        pairs.append(("note", "no run.json: name and status are inferred from the folder"))
+        pairs.append(("note", "no usable run.json: status (and maybe name) inferred from the folder"))
     tables.print_pairs([(k, v) for k, v in pairs if v is not None])
     if info["config"]:
         print("\nconfig")

@@ -180,10 +180,11 @@ class Batch:
                 try:
                     arrays[c] = np.array(col, dtype=np.int64)
                     exprs.append(c)
-                except (TypeError, ValueError, OverflowError):
-                    arrays[f"{c}_n"] = np.fromiter((v is None for v in col), dtype=bool,
-                                                   count=len(col))
-                    arrays[c] = np.array([0 if v is None else v for v in col], dtype=np.int64)
+                except (TypeError, ValueError, OverflowError):  # NULLs (values.int64 made
+                    # every other value fit; anything else is stored as NULL too)
+                    fits = [type(v) is int and -(2**63) <= v < 2**63 for v in col]
+                    arrays[f"{c}_n"] = np.array([not f for f in fits], dtype=bool)
+                    arrays[c] = np.array([v if f else 0 for v, f in zip(col, fits)], dtype=np.int64)
                     exprs.append(f"CASE WHEN NOT {c}_n THEN {c} END")
             else:
                 arrays[c] = np.array(col, dtype=object)
