@@ -622,11 +622,8 @@ def test_query_runs_refuses_writes_and_file_access(srv, runs, sql, why):
     assert ok(srv, "query_runs", sql="SELECT count(*) FROM runs")["rows"] == [[3]]
 
 
-def test_query_runs_is_bounded_in_time(ws, runs, monkeypatch):
-    from evsys_mcp.tools import history
-
-    monkeypatch.setattr(history, "QUERY_TIMEOUT_S", 1.0)
-    server = build_server(ws)
+def test_query_runs_is_bounded_in_time(ws, runs):
+    server = build_server(ws, query_timeout_s=1.0)
     t0 = time.monotonic()
     text = err(server, "query_runs", sql="SELECT count(*) FROM range(100000000000) a")
     assert "longer than" in text and time.monotonic() - t0 < 15

@@ -27,12 +27,14 @@ from evsys_core.history import reports, schema, snapshot
 from evsys_core.history.ingest import format_conclusion
 from evsys_core.history.refresh import Refresher, RefreshStats, unchanged
 from evsys_core.history.store import (
+    QUERY_TIMEOUT_S,
     CorruptIndexError,
     HistoryIndexError,
     QueryError,
     connect,
     file_lock,
     is_damage,
+    run_bounded,
     warn,
 )
 
@@ -60,17 +62,18 @@ class QueryResult(NamedTuple):
     truncated: bool
 
 
-def open_index(workspace: Path | str, refresh: bool = True) -> "Index":
+def open_index(workspace: Path | str, refresh: bool = True,
+               query_timeout_s: float | None = QUERY_TIMEOUT_S) -> "Index":
     """The index of `workspace`, brought up to date first unless `refresh=False` (it is still
-    built if missing or unreadable)."""
-    idx = Index(workspace)
+    built if missing or unreadable). Every read stops after `query_timeout_s` (None: never)."""
+    idx = Index(workspace, query_timeout_s)
     if refresh or not idx.db_path.exists():
         idx.refresh()
     return idx
 
 
 class Index:
-    def __init__(self, workspace: Path | str):
+    def __init__(self, workspace: Path | str, query_timeout_s: float | None = QUERY_TIMEOUT_S):
         ws = Path(workspace).expanduser()
         if not ws.is_dir():
             raise UsageError(f"workspace {ws} is not a directory; pass --workspace DIR "
@@ -81,6 +84,7 @@ class Index:
         self.lock_path = self.dir / LOCK_FILE
         self.snapshot_path = self.dir / snapshot.NAME
         self.last_refresh: RefreshStats | None = None
+        self.query_timeout_s = query_timeout_s or None  # one limit for every read, SQL or not
         self._mutex = threading.RLock()  # one DuckDB connection per Index at a time
 
     # ---------------------------------------------------------------- refreshing
@@ -201,8 +205,10 @@ class Index:
             return str(p)
 
     # ------------------------------------------------------------------- reading
-    def _read(self, fn: Callable[[Any], T]) -> T:
-        """Run `fn(con)` on a read-only connection with external access disabled."""
+    def _read(self, fn: Callable[[Any], T], timeout_s: float | None = None) -> T:
+        """Run `fn(con)` on a read-only connection with external access disabled, stopped
+        after the time limit (`timeout_s`, else the index's) or at once by Ctrl-C."""
+        limit = timeout_s or self.query_timeout_s
         with self._mutex:
             for attempt in (1, 2):
                 if not self.db_path.exists():
@@ -212,7 +218,7 @@ class Index:
                     with file_lock(str(self.lock_path), exclusive=False, root=self.workspace):
                         con = connect(str(self.db_path), read_only=True)
                         try:
-                            return fn(con)
+                            return run_bounded(con, fn, limit)
                         finally:
                             con.close()
                 except CorruptIndexError as e:
@@ -231,7 +237,7 @@ class Index:
 
     def query(self, sql: str, params: Sequence[Any] | dict | None = None,
               max_rows: int | None = None, timeout_s: float | None = None) -> QueryResult:
-        """Run one read-only SQL statement. The connection is read-only with external access
+        """Run one read-only SQL statement (stopped after `timeout_s`, default the index's limit). The connection is read-only with external access
         disabled and its configuration locked: writes, ATTACH, COPY, INSTALL/LOAD, SET and
         functions reading files are refused by DuckDB itself."""
         if not isinstance(sql, str) or not sql.strip():
@@ -246,10 +252,6 @@ class Index:
             if n != 1:
                 raise QueryError(f"one SQL statement at a time, got {n}; run them as separate "
                                  f"queries over the tables {', '.join(schema.PUBLIC_TABLES)}")
-            timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
-            if timer:
-                timer.daemon = True
-                timer.start()
             try:
                 cur = con.execute(sql, params) if params is not None else con.execute(sql)
                 columns = [d[0] for d in cur.description] if cur.description else []
@@ -259,18 +261,12 @@ class Index:
                     return QueryResult(columns, cur.fetchall(), False)
                 rows = cur.fetchmany(max_rows + 1)
                 return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
-            except duckdb.InterruptException:
-                raise QueryError(f"the query ran longer than {timeout_s:g} s and was stopped; "
-                                 "add a WHERE or LIMIT, or aggregate") from None
             except duckdb.Error as e:
                 if is_damage(e):
                     raise
                 raise QueryError(_explain(e)) from None
-            finally:
-                if timer:
-                    timer.cancel()
 
-        return self._read(run)
+        return self._read(run, timeout_s)
 
     def runs(self, where: str | None = None, sort: str | None = None,
              limit: int | None = None, kind: str | None = "train") -> list[dict[str, Any]]:

@@ -16,12 +16,14 @@ import contextlib
 import fcntl
 import os
 import sys
+import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import duckdb
 
 from evsys_core.errors import EvsysError
+from evsys_core.history.schema import QUERY_TIMEOUT_S  # noqa: F401 - the limit run_bounded applies
 
 LOCK_TIMEOUT_S = 300.0
 READER_CONFIG = {
@@ -30,6 +32,9 @@ READER_CONFIG = {
     "autoload_known_extensions": False,
     "lock_configuration": True,  # last: nothing after it can change the settings above
 }
+
+
+T = TypeVar("T")
 
 
 class QueryError(EvsysError):
@@ -81,6 +86,46 @@ def file_lock(path: str, exclusive: bool, timeout_s: float = LOCK_TIMEOUT_S,
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+class QueryTimeout(QueryError):
+    """A read of the index ran past its time limit and was interrupted."""
+
+
+def run_bounded(con: Any, fn: Callable[[Any], T], timeout_s: float | None) -> T:
+    """`fn(con)` with a time limit, and stoppable by Ctrl-C at once.
+
+    The work runs in a helper thread while the caller waits: on the limit, or on a
+    KeyboardInterrupt in the caller (DuckDB does not look at Python's signals while it
+    executes), the connection is interrupted and the helper is waited for."""
+    box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join cut short by Ctrl-C can lie afterwards
+
+    def work() -> None:
+        try:
+            box["value"] = fn(con)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="evsys-index-read", daemon=True).start()
+    try:
+        finished = done.wait(timeout_s)
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait()
+        raise
+    if not finished:
+        con.interrupt()
+        done.wait()
+        if "value" not in box:
+            raise QueryTimeout(
+                f"the query ran longer than {timeout_s:g} s and was stopped; add a WHERE or "
+                "LIMIT, or aggregate (the CLI's --timeout raises the limit)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # DuckDB errors that mean the file itself is damaged (as opposed to a bad query)
