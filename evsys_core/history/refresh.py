@@ -122,12 +122,14 @@ def _status_moved(run_dir: str, pid: int | None, inferred: bool,
 
 class Refresher:
     def __init__(self, con: Any, root: str, *, full: bool = False, force: set[str] = frozenset(),
-                 before_write: Any = None, walk: discover.Walk | None = None):
+                 before_write: Any = None, before_commit: Any = None,
+                 walk: discover.Walk | None = None):
         self.con = con
         self.root = root
         self.full = full
         self.force = set(force)  # run dirs (relative) to check even if unchanged
         self.before_write = before_write  # called before the write transaction begins
+        self.before_commit = before_commit  # called before it commits (may raise: rollback)
         self.stats = RefreshStats(full=full)
         self.now = time.time()
         self.dirs: dict[str, DirRec] = {}
@@ -185,6 +187,8 @@ class Refresher:
         self.con.execute("BEGIN TRANSACTION")
         try:
             self._apply(walk, changes, stored_files)
+            if self.before_commit:
+                self.before_commit()
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")

@@ -53,37 +53,73 @@ def warn(message: str) -> None:
     print(f"evsys: warning: {message}", file=sys.stderr, flush=True)
 
 
+class HeldLock:
+    """An flock held on a lock file. `rm -rf .evsys` can unlink the file under it: `held()`
+    says whether the path still names the file locked (if not, another process may lock the
+    new one, so nothing should be written as if this lock still excluded it)."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd = fd
+        self.path = path
+
+    def held(self) -> bool:
+        try:
+            a, b = os.fstat(self.fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
 @contextlib.contextmanager
 def file_lock(path: str, exclusive: bool, timeout_s: float = LOCK_TIMEOUT_S,
-              root: Any = None) -> Iterator[None]:
+              root: Any = None) -> Iterator[HeldLock]:
     """Hold an flock on `path` (shared or exclusive), waiting up to `timeout_s`; the file is
-    never opened through a link out of `root` (safefs)."""
+    never opened through a link out of `root` (safefs).
+
+    The lock file (and its folder) are created when missing. A lock file deleted or replaced
+    while we waited is not the lock any more: we lock the one now at the path instead, so
+    that processes that start after `rm -rf .evsys` still exclude each other."""
     from evsys_core import safefs
 
-    fd = safefs.open_fd(path, os.O_RDWR | os.O_CREAT, root)
-    try:
-        op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        start = time.monotonic()
+    op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    start = time.monotonic()
+    noted = False
+    while True:
+        try:
+            fd = safefs.open_fd(path, os.O_RDWR | os.O_CREAT, root)
+        except FileNotFoundError:  # the folder was deleted: make it again
+            if time.monotonic() - start > timeout_s:
+                raise
+            safefs.makedirs(os.path.dirname(path), root)
+            continue
+        lock = HeldLock(fd, path)
         delay = 0.005
-        noted = False
-        while True:
-            try:
-                fcntl.flock(fd, op | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                waited = time.monotonic() - start
-                if waited > timeout_s:
-                    raise HistoryIndexError(
-                        f"{path}: another evsys process has held the run index for "
-                        f"{waited:.0f} s (a refresh of many runs?); try again when it ends"
-                    ) from None
-                if waited > 2.0 and not noted:
-                    print("evsys: waiting for another process updating the run index ...",
-                          file=sys.stderr, flush=True)
-                    noted = True
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-        yield
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waited = time.monotonic() - start
+                    if waited > timeout_s:
+                        raise HistoryIndexError(
+                            f"{path}: another evsys process has held the run index for "
+                            f"{waited:.0f} s (a refresh of many runs?); try again when it ends"
+                        ) from None
+                    if waited > 2.0 and not noted:
+                        print("evsys: waiting for another process updating the run index ...",
+                              file=sys.stderr, flush=True)
+                        noted = True
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+        except BaseException:
+            os.close(fd)
+            raise
+        if lock.held():
+            break
+        os.close(fd)  # deleted or replaced while we waited: lock the file there now
+    try:
+        yield lock
     finally:
         os.close(fd)  # releases the lock
 
