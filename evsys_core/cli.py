@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evsys {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"evsys {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -120,7 +120,7 @@ def write_text_atomic(path: Path, text: str, root: Path | None = None) -> None:
 def pid_alive(pid: int | None, started: int | None = None) -> bool:
     """Is process `pid` alive? With `started` (its start time, `process_start_time`), a live
     process that started at another time is a different process that reused the pid: dead."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # run.json is just a file
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:  # run.json is just a file
         return False
     try:
         os.kill(pid, 0)

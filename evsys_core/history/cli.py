@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evsys_core.errors import UsageError
+from evsys_core.history.schema import QUERY_TIMEOUT_S
 
 MAX_METRIC_COLUMNS = 6  # eval metrics shown by `evsys runs` in a table (all of them in --json)
 
@@ -24,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--workspace", default=".", metavar="DIR",
                         help="folder holding the run directories (default: .)")
     common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument("--timeout", type=float, default=QUERY_TIMEOUT_S, metavar="S",
+                        help=f"stop a query (SQL, --where, --sort) after S seconds "
+                             f"(default {QUERY_TIMEOUT_S:g}; 0: no limit)")
     common.add_argument("--rescan", action="store_true",
                         help="stat every run file, not only those of changed folders and "
                              "running runs (catches in-place edits of finished runs)")
@@ -90,8 +94,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--max-rows", type=int, default=1000, metavar="N",
                    help="print at most N rows (default 1000; 0: all)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                   help="stop the query after S seconds (default 60)")
     p.set_defaults(func=cmd_query)
 
     p = subparsers.add_parser("plot", parents=[common], help="learning curves as a PNG")
@@ -115,7 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _index(args: argparse.Namespace):
     from evsys_core.history.index import Index
 
-    idx = Index(Path(args.workspace))
+    if args.timeout < 0:
+        raise UsageError(f"--timeout must be 0 (no limit) or more seconds, got {args.timeout:g}")
+    idx = Index(Path(args.workspace), query_timeout_s=args.timeout or None)
     idx.refresh(full=bool(getattr(args, "rescan", False)))
     return idx
 
@@ -237,7 +241,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if run["error"]:
         pairs.append(("error", run["error"]))
     if run["inferred"]:
-        pairs.append(("note", "no run.json: name and status are inferred from the folder"))
+        pairs.append(("note", "no usable run.json: status (and maybe name) inferred from the folder"))
     tables.print_pairs([(k, v) for k, v in pairs if v is not None])
     if info["config"]:
         print("\nconfig")
@@ -346,7 +350,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.csv and args.json:
         raise UsageError("choose one of --csv and --json")
     max_rows = args.max_rows if args.max_rows and args.max_rows > 0 else None
-    res = _index(args).query(args.sql, max_rows=max_rows, timeout_s=args.timeout or None)
+    res = _index(args).query(args.sql, max_rows=max_rows)
     if args.json:
         tables.print_json({"columns": res.columns, "rows": res.rows, "truncated": res.truncated})
     elif args.csv:

@@ -14,6 +14,7 @@ call, with a warning on stderr. Schema, refresh and locking: schema.py, refresh.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -27,12 +28,15 @@ from evsys_core.history import groups, reports, schema, snapshot
 from evsys_core.history.ingest import format_conclusion
 from evsys_core.history.refresh import Refresher, RefreshStats, unchanged
 from evsys_core.history.store import (
+    QUERY_TIMEOUT_S,
     CorruptIndexError,
     HistoryIndexError,
     QueryError,
     connect,
+    HeldLock,
     file_lock,
     is_damage,
+    run_bounded,
     warn,
 )
 
@@ -44,6 +48,7 @@ __all__ = [
 INDEX_DIR = ".evsys"
 INDEX_FILE = "index.duckdb"
 LOCK_FILE = "index.lock"
+VANISHED_RETRIES = 4  # times a command starts over when .evsys is deleted under it
 
 jsonable = reports.jsonable
 T = TypeVar("T")
@@ -60,17 +65,18 @@ class QueryResult(NamedTuple):
     truncated: bool
 
 
-def open_index(workspace: Path | str, refresh: bool = True) -> "Index":
+def open_index(workspace: Path | str, refresh: bool = True,
+               query_timeout_s: float | None = QUERY_TIMEOUT_S) -> "Index":
     """The index of `workspace`, brought up to date first unless `refresh=False` (it is still
-    built if missing or unreadable)."""
-    idx = Index(workspace)
+    built if missing or unreadable). Every read stops after `query_timeout_s` (None: never)."""
+    idx = Index(workspace, query_timeout_s)
     if refresh or not idx.db_path.exists():
         idx.refresh()
     return idx
 
 
 class Index:
-    def __init__(self, workspace: Path | str):
+    def __init__(self, workspace: Path | str, query_timeout_s: float | None = QUERY_TIMEOUT_S):
         ws = Path(workspace).expanduser()
         if not ws.is_dir():
             raise UsageError(f"workspace {ws} is not a directory; pass --workspace DIR "
@@ -81,6 +87,7 @@ class Index:
         self.lock_path = self.dir / LOCK_FILE
         self.snapshot_path = self.dir / snapshot.NAME
         self.last_refresh: RefreshStats | None = None
+        self.query_timeout_s = query_timeout_s or None  # one limit for every read, SQL or not
         self._mutex = threading.RLock()  # one DuckDB connection per Index at a time
 
     # ---------------------------------------------------------------- refreshing
@@ -88,28 +95,46 @@ class Index:
         """Bring the index up to date. `full=True` stats every file (catches in-place edits of
         finished runs); `runs` are run directories (workspace-relative) to re-check."""
         with self._mutex:
-            hint = None
-            if not full and not runs and self.db_path.exists():
-                snap = snapshot.load(str(self.snapshot_path), str(self.db_path))
-                if snap is not None:
-                    stats, walk = unchanged(str(self.workspace), snap)
-                    if stats is not None:
-                        self.last_refresh = stats
-                        return stats
-                    hint = (snap.ident, walk)
-            try:
-                safefs.makedirs(self.dir, self.workspace)  # never a link out of the workspace
-                for p in (self.db_path, Path(f"{self.db_path}.wal")):  # DuckDB follows links
-                    if p.is_symlink():
-                        raise safefs.UnsafePathError(f"refusing to write {p}: it is a symbolic "
-                                                     "link; remove it (the index is rebuilt)")
-            except OSError as e:
-                raise HistoryIndexError(f"cannot create the run index folder {self.dir}: {e}; pass "
-                               "--workspace to a folder you can write to") from None
-            with file_lock(str(self.lock_path), exclusive=True, root=self.workspace):
-                return self._refresh_locked(full, set(runs), hint)
+            return self._again_if_deleted(lambda: self._refresh_once(full, runs))
 
-    def _refresh_locked(self, full: bool, force: set[str], hint: tuple | None) -> RefreshStats:
+    def _again_if_deleted(self, fn: Callable[[], T]) -> T:
+        """`fn()`, done again from the start when the index folder or file was deleted (or
+        replaced) under it: `rm -rf .evsys` while other commands run makes them rebuild."""
+        for attempt in range(1, VANISHED_RETRIES + 1):
+            before = _file_id(self.dir, inode_only=True)
+            try:
+                return fn()
+            except (OSError, duckdb.Error, HistoryIndexError):
+                gone = (_file_id(self.dir, inode_only=True) != before
+                        or not self.db_path.exists())
+                if attempt == VANISHED_RETRIES or not gone:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _refresh_once(self, full: bool, runs: Sequence[str]) -> RefreshStats:
+        hint = None
+        if not full and not runs and self.db_path.exists():
+            snap = snapshot.load(str(self.snapshot_path), str(self.db_path))
+            if snap is not None:
+                stats, walk = unchanged(str(self.workspace), snap)
+                if stats is not None:
+                    self.last_refresh = stats
+                    return stats
+                hint = (snap.ident, walk)
+        try:
+            safefs.makedirs(self.dir, self.workspace)  # never a link out of the workspace
+            for p in (self.db_path, Path(f"{self.db_path}.wal")):  # DuckDB follows links
+                if p.is_symlink():
+                    raise safefs.UnsafePathError(f"refusing to write {p}: it is a symbolic "
+                                                 "link; remove it (the index is rebuilt)")
+        except OSError as e:
+            raise HistoryIndexError(f"cannot create the run index folder {self.dir}: {e}; pass "
+                           "--workspace to a folder you can write to") from None
+        with file_lock(str(self.lock_path), exclusive=True, root=self.workspace) as lock:
+            return self._refresh_locked(full, set(runs), hint, lock)
+
+    def _refresh_locked(self, full: bool, force: set[str], hint: tuple | None,
+                        lock: HeldLock) -> RefreshStats:
         fresh = not self.db_path.exists()
         if fresh and self._existed_before():
             warn(f"the run index {self._rel(self.db_path)} was missing; "
@@ -121,15 +146,21 @@ class Index:
                     str(self.db_path)) else None
                 con = connect(str(self.db_path), read_only=False)
                 try:
-                    rebuilt = self._prepare(con)
+                    rebuilt = self._prepare(con, lock)
                     refresher = Refresher(con, str(self.workspace), full=full, force=force,
                                           before_write=self._drop_snapshot,
+                                          before_commit=lambda: _still_held(lock),
                                           walk=None if rebuilt else walk)
                     stats = refresher.run()
                     snap = refresher.snapshot()
                 finally:
+                    if not lock.held():  # the folder was deleted: leave whatever is there now
+                        with contextlib.suppress(duckdb.Error):
+                            con.execute("PRAGMA disable_checkpoint_on_shutdown")
                     con.close()
-                snapshot.save(str(self.snapshot_path), str(self.db_path), snap, root=self.workspace)
+                if lock.held():  # else the folder was deleted: the snapshot describes nothing
+                    snapshot.save(str(self.snapshot_path), str(self.db_path), snap,
+                                  root=self.workspace)
             except _Outdated as e:
                 warn(f"the run index was built by another version of evsys (schema {e}); "
                      "rebuilding it from the run directories")
@@ -157,7 +188,7 @@ class Index:
     def _marker(self) -> Path:
         return self.dir / "index.built"
 
-    def _prepare(self, con: Any) -> bool:
+    def _prepare(self, con: Any, lock: HeldLock) -> bool:
         """Create the schema in a new file; rebuild one from another schema version."""
         try:  # the usual case, in one statement
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -175,6 +206,7 @@ class Index:
         con.execute("BEGIN TRANSACTION")
         con.execute(schema.create_sql())
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [schema.SCHEMA_VERSION])
+        _still_held(lock)
         con.execute("COMMIT")
         safefs.append(self._marker(), b"", self.workspace)
         return True
@@ -201,37 +233,43 @@ class Index:
             return str(p)
 
     # ------------------------------------------------------------------- reading
-    def _read(self, fn: Callable[[Any], T]) -> T:
-        """Run `fn(con)` on a read-only connection with external access disabled."""
+    def _read(self, fn: Callable[[Any], T], timeout_s: float | None = None) -> T:
+        """Run `fn(con)` on a read-only connection with external access disabled, stopped
+        after the time limit (`timeout_s`, else the index's) or at once by Ctrl-C."""
+        limit = timeout_s or self.query_timeout_s
         with self._mutex:
-            for attempt in (1, 2):
-                if not self.db_path.exists():
-                    self.refresh()
-                seen = _file_id(self.db_path)
-                try:
-                    with file_lock(str(self.lock_path), exclusive=False, root=self.workspace):
-                        con = connect(str(self.db_path), read_only=True)
-                        try:
-                            return fn(con)
-                        finally:
-                            con.close()
-                except CorruptIndexError as e:
-                    damage: str = str(e)
-                except duckdb.Error as e:
-                    if attempt == 2 or not is_damage(e):
-                        raise
-                    damage = str(e)
-                if attempt == 2:
-                    break
-                with file_lock(str(self.lock_path), exclusive=True, root=self.workspace):
-                    if _file_id(self.db_path) == seen:  # nobody rebuilt it meanwhile
-                        self._discard(damage)
+            return self._again_if_deleted(lambda: self._read_once(fn, limit))
+
+    def _read_once(self, fn: Callable[[Any], T], limit: float | None) -> T:
+        for attempt in (1, 2):
+            if not self.db_path.exists():
                 self.refresh()
-            raise CorruptIndexError(f"{self.db_path}: still unreadable after a rebuild")
+            seen = _file_id(self.db_path)
+            try:
+                with file_lock(str(self.lock_path), exclusive=False, root=self.workspace) as lock:
+                    con = connect(str(self.db_path), read_only=True)
+                    try:
+                        _still_held(lock)  # else the file opened may be a new one half built
+                        return run_bounded(con, fn, limit)
+                    finally:
+                        con.close()
+            except CorruptIndexError as e:
+                damage: str = str(e)
+            except duckdb.Error as e:
+                if attempt == 2 or not is_damage(e):
+                    raise
+                damage = str(e)
+            if attempt == 2:
+                break
+            with file_lock(str(self.lock_path), exclusive=True, root=self.workspace):
+                if _file_id(self.db_path) == seen:  # nobody rebuilt it meanwhile
+                    self._discard(damage)
+            self.refresh()
+        raise CorruptIndexError(f"{self.db_path}: still unreadable after a rebuild")
 
     def query(self, sql: str, params: Sequence[Any] | dict | None = None,
               max_rows: int | None = None, timeout_s: float | None = None) -> QueryResult:
-        """Run one read-only SQL statement. The connection is read-only with external access
+        """Run one read-only SQL statement (stopped after `timeout_s`, default the index's limit). The connection is read-only with external access
         disabled and its configuration locked: writes, ATTACH, COPY, INSTALL/LOAD, SET and
         functions reading files are refused by DuckDB itself."""
         if not isinstance(sql, str) or not sql.strip():
@@ -246,10 +284,6 @@ class Index:
             if n != 1:
                 raise QueryError(f"one SQL statement at a time, got {n}; run them as separate "
                                  f"queries over the tables {', '.join(schema.PUBLIC_TABLES)}")
-            timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
-            if timer:
-                timer.daemon = True
-                timer.start()
             try:
                 cur = con.execute(sql, params) if params is not None else con.execute(sql)
                 columns = [d[0] for d in cur.description] if cur.description else []
@@ -259,18 +293,12 @@ class Index:
                     return QueryResult(columns, cur.fetchall(), False)
                 rows = cur.fetchmany(max_rows + 1)
                 return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
-            except duckdb.InterruptException:
-                raise QueryError(f"the query ran longer than {timeout_s:g} s and was stopped; "
-                                 "add a WHERE or LIMIT, or aggregate") from None
             except duckdb.Error as e:
                 if is_damage(e):
                     raise
                 raise QueryError(_explain(e)) from None
-            finally:
-                if timer:
-                    timer.cancel()
 
-        return self._read(run)
+        return self._read(run, timeout_s)
 
     def runs(self, where: str | None = None, sort: str | None = None,
              limit: int | None = None, kind: str | None = "train") -> list[dict[str, Any]]:
@@ -349,12 +377,23 @@ def conclude(workspace: Path | str, run: str, text: str, author: str = "human") 
             "text": text}
 
 
-def _file_id(p: Path) -> tuple[int, int, int] | None:
+class _Vanished(HistoryIndexError):
+    """The index folder was deleted (or replaced) while this process wrote to it."""
+
+
+def _still_held(lock: HeldLock) -> None:
+    """Before a commit: the lock file is still ours, so the folder we write to is the live one
+    (after `rm -rf .evsys` another process may be building a new index at the same path)."""
+    if not lock.held():
+        raise _Vanished("the run index folder was deleted while it was being written")
+
+
+def _file_id(p: Path, inode_only: bool = False) -> tuple[int, ...] | None:
     try:
         st = p.stat()
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_ino, st.st_dev) if inode_only else (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _explain(e: Exception) -> str:

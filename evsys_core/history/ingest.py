@@ -22,6 +22,8 @@ from typing import Any
 
 from evsys_core import rundir
 from evsys_core.jobs.record import kind_of
+from evsys_core.history import values
+from evsys_core.history.values import Notes
 
 CONFIG = "config.yaml"
 STALE_AFTER_S = 600.0  # a run without run.json and untouched this long is `interrupted`
@@ -174,8 +176,10 @@ def split_value(v: Any) -> tuple[float | None, str | None]:
     return None, json.dumps(v, default=str)
 
 
-def metric_columns(run_id: str, chunk: Chunk) -> list[list[Any]]:
+def metric_columns(run_id: str, chunk: Chunk, notes: Notes | None = None,
+                   path: str = "") -> list[list[Any]]:
     """Columns (run_id, step, split, key, value, value_text, line) from metrics.jsonl lines.
+    A step that is not a 64-bit whole number is left out (noted with its line).
 
     Lines are grouped by their set of keys (a training loop logs the same keys every step)
     so that each key's values are gathered with one list comprehension."""
@@ -192,13 +196,15 @@ def metric_columns(run_id: str, chunk: Chunk) -> list[list[Any]]:
     steps: list[Any] = []
     splits: list[Any] = []
     keys: list[str] = []
-    values: list[Any] = []
+    nums: list[Any] = []
     texts: list[Any] = []
     lines: list[int] = []
     for sig, items in groups.items():
+        if not sig:  # lines without metrics add no rows
+            continue
         n = len(items)
         g_lines = [it[0] for it in items]
-        g_steps = [s if type(s) is int else to_int(s) for _, s, _, _ in items]
+        g_steps = [values.int64(s, notes, path, line, "step") for line, s, _, _ in items]
         g_splits = [it[2] for it in items]
         for key in sig:
             vals = [it[3][key] for it in items]
@@ -209,17 +215,18 @@ def metric_columns(run_id: str, chunk: Chunk) -> list[list[Any]]:
             derived = skey.split("/", 1)[0]
             splits.extend([sp if sp is not None else derived for sp in g_splits])
             if all(type(v) is float for v in vals):
-                values.extend(vals)
+                nums.extend(vals)
                 texts.extend([None] * n)
             else:
                 for v in vals:
                     num, text = split_value(v)
-                    values.append(num)
+                    nums.append(num)
                     texts.append(text)
-    return [[run_id] * len(keys), steps, splits, keys, values, texts, lines]
+    return [[run_id] * len(keys), steps, splits, keys, nums, texts, lines]
 
 
-def prediction_rows(run_id: str, benchmark: str, chunk: Chunk) -> list[tuple]:
+def prediction_rows(run_id: str, benchmark: str, chunk: Chunk, notes: Notes | None = None,
+                    path: str = "") -> list[tuple]:
     """(run_id, benchmark, step, task_id, instruction, sample, answer, score, passed, reason,
     line) rows from predictions/<benchmark>.jsonl lines."""
     out: list[tuple] = []
@@ -229,33 +236,13 @@ def prediction_rows(run_id: str, benchmark: str, chunk: Chunk) -> list[tuple]:
         score, _ = split_value(obj.get("score"))
         passed = obj.get("passed")
         out.append((
-            run_id, benchmark, to_int(obj.get("step")), to_str(obj.get("task_id")),
-            to_str(obj.get("instruction")), to_int(obj.get("sample")), to_str(obj.get("answer")),
-            score, passed if isinstance(passed, bool) else None, to_str(obj.get("reason")), line,
+            run_id, benchmark, values.int64(obj.get("step"), notes, path, line, "step"),
+            values.text(obj.get("task_id")), values.text(obj.get("instruction")),
+            values.int64(obj.get("sample"), notes, path, line, "sample"),
+            values.text(obj.get("answer")), score, passed if isinstance(passed, bool) else None,
+            values.text(obj.get("reason")), line,
         ))
     return out
-
-
-def to_int(v: Any) -> int | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, int):
-        return v if -(2**63) <= v < 2**63 else None
-    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
-        return int(v)
-    return None
-
-
-def to_float(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
-def to_str(v: Any) -> str | None:
-    if v is None:
-        return None
-    return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
 # ------------------------------------------------------------------- conclusion.md
@@ -410,51 +397,75 @@ def run_row(
     conclusions: list[tuple[float | None, str, str]],
     last_modified: float | None,
     now: float,
+    notes: Notes | None = None,
 ) -> dict[str, Any]:
-    """The `runs` row of a run directory, from run.json or, for older runs, inferred."""
+    """The `runs` row of a run directory, from run.json or, for older runs, inferred.
+    A run.json value that does not fit its column is left out or cut, and noted."""
     params = _get(config, "algorithm", "params") or {}
+    params = params if isinstance(params, dict) else {}
+    f = f"{rel}/{rundir.RUN_JSON}" if rel else rundir.RUN_JSON
+    c = f"{rel}/{CONFIG}" if rel else CONFIG
     status = info.get("status") if info else None
-    if not info or status not in ("running", *rundir.FINAL_STATUSES):
+    known = isinstance(status, str) and status in ("running", *rundir.FINAL_STATUSES)
+    if info and not known and notes is not None:
+        notes.add(f, None, "status", status, "is not one of running, completed, failed, "
+                  "interrupted; the status is inferred from summary.md and the file times")
+    if not known:
         status = summary_status
         if status in (None, "running"):
             recent = last_modified is not None and now - last_modified < STALE_AFTER_S
             status = "running" if recent else "interrupted"
-    started = to_float(info.get("started_at")) if info else None
-    ended = to_float(info.get("ended_at")) if info else None
+
+    def info_int(key: str) -> int | None:
+        return values.int64(info.get(key), notes, f, None, key)
+
+    def info_time(key: str) -> float | None:
+        return values.epoch(info.get(key), notes, f, None, key)
+
+    def info_text(key: str, fallback: Any = None) -> str | None:
+        v = info.get(key)
+        return values.text(fallback if v is None else v, notes, f, None, key)
+
+    def param_int(key: str, v: Any) -> int | None:
+        return values.int64(v, notes, c, None, key)
+
+    started, ended = info_time("started_at"), info_time("ended_at")
     latest = conclusions[-1][2] if conclusions else None
     return {
         "run_id": run_id,
-        "name": to_str(info.get("name")) if info.get("name") else Path(abs_dir).name,
+        "name": values.name(info.get("name"), notes, f, "name") or Path(abs_dir).name,
         "path": rel,
         "status": status,
         "kind": kind_of(info or {}),
-        "algorithm": to_str(info.get("algorithm") or _get(config, "algorithm", "kind")),
-        "model": to_str(info.get("model") or _get(config, "model", "name")),
-        "backend": to_str(info.get("backend") or _get(config, "backend", "kind")),
-        "created_at": to_float(info.get("created_at")),
+        "algorithm": info_text("algorithm", _get(config, "algorithm", "kind")),
+        "model": info_text("model", _get(config, "model", "name")),
+        "backend": info_text("backend", _get(config, "backend", "kind")),
+        "created_at": info_time("created_at"),
         "started_at": started,
         "ended_at": ended,
         "duration_s": (ended - started) if started is not None and ended is not None else None,
-        "steps": to_int(info.get("step")),
-        "max_steps": to_int(info.get("max_steps")) or to_int(params.get("max_steps")),
-        "learning_rate": to_float(params.get("learning_rate")),
-        "batch_size": to_int(params.get("batch_size")),
-        "lora_rank": to_int(params.get("lora_rank")),
-        "epochs": to_int(params.get("epochs")),
-        "seed": to_int(_get(config, "seed")),
-        "data_path": to_str(_get(config, "data", "path")),
+        "steps": info_int("step"),
+        "max_steps": info_int("max_steps")
+        or param_int("algorithm.params.max_steps", params.get("max_steps")),
+        "learning_rate": values.number(params.get("learning_rate"), notes, c, None,
+                                       "algorithm.params.learning_rate"),
+        "batch_size": param_int("algorithm.params.batch_size", params.get("batch_size")),
+        "lora_rank": param_int("algorithm.params.lora_rank", params.get("lora_rank")),
+        "epochs": param_int("algorithm.params.epochs", params.get("epochs")),
+        "seed": param_int("seed", _get(config, "seed")),
+        "data_path": values.text(_get(config, "data", "path")),
         "config": config_json,
-        "config_hash": to_str(info.get("config_hash")),
-        "git_commit": to_str(info.get("git_commit")),
-        "parent_run_id": to_str(info.get("parent_run_id")),
-        "pid": to_int(info.get("pid")),
-        "error": to_str(info.get("error")),
+        "config_hash": info_text("config_hash"),
+        "git_commit": info_text("git_commit"),
+        "parent_run_id": info_text("parent_run_id"),
+        "pid": info_int("pid"),
+        "error": info_text("error"),
         "conclusion": latest,
         "n_conclusions": len(conclusions),
-        "inferred": not info,
-        "last_modified": last_modified,
-        "group_id": to_str(info.get("group_id")),
-        "group_name": to_str(info.get("group_name")),
+        "inferred": not known,  # name and status from the folder (no usable run.json)
+        "last_modified": values.epoch(last_modified),
+        "group_id": info_text("group_id"),
+        "group_name": info_text("group_name"),
     }
 
 

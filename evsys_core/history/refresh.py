@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from evsys_core import rundir
-from evsys_core.history import discover, ingest
+from evsys_core.history import discover, ingest, values
 from evsys_core.history.discover import DirRec
 from evsys_core.history.snapshot import LiveRun, Snapshot
 from evsys_core.history.schema import COLUMNS, RUN_TABLES, SUMMARY_FOR_TOUCHED
@@ -122,19 +122,28 @@ def _status_moved(run_dir: str, pid: int | None, inferred: bool,
 
 class Refresher:
     def __init__(self, con: Any, root: str, *, full: bool = False, force: set[str] = frozenset(),
-                 before_write: Any = None, walk: discover.Walk | None = None):
+                 before_write: Any = None, before_commit: Any = None,
+                 walk: discover.Walk | None = None):
         self.con = con
         self.root = root
         self.full = full
         self.force = set(force)  # run dirs (relative) to check even if unchanged
         self.before_write = before_write  # called before the write transaction begins
+        self.before_commit = before_commit  # called before it commits (may raise: rollback)
         self.stats = RefreshStats(full=full)
         self.now = time.time()
         self.dirs: dict[str, DirRec] = {}
         self.walk = walk  # already done against this very index (from the snapshot check)
+        self.notes = values.Notes()  # values left out or cut, printed once the refresh ends
 
     # ------------------------------------------------------------------ detection
     def run(self) -> RefreshStats:
+        try:
+            return self._run()
+        finally:
+            self.notes.flush()
+
+    def _run(self) -> RefreshStats:
         t0 = time.perf_counter()
         live = {
             path: (run_id, pid, inferred, status)
@@ -178,6 +187,8 @@ class Refresher:
         self.con.execute("BEGIN TRANSACTION")
         try:
             self._apply(walk, changes, stored_files)
+            if self.before_commit:
+                self.before_commit()
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -236,7 +247,9 @@ class Refresher:
         for ch in changes:
             abs_dir = discover.join(self.root, ch.rel)
             info, info_read = self._read_info(ch, stored_files)
-            run_id = str(info.get("id") or rundir.inferred_run_id(Path(abs_dir)))
+            run_id = values.name(info.get("id"), self.notes,
+                                 discover.child(ch.rel, rundir.RUN_JSON), "id") \
+                or rundir.inferred_run_id(Path(abs_dir))
             if run_id != ch.old_id:
                 if owners is None:  # which directory holds each known run id
                     owners = {r.run_id: p for p, r in walk.dirs.items()
@@ -265,7 +278,8 @@ class Refresher:
                 walk.dirs[sub] = walk.dirs[sub]._replace(run_id=run_id)
                 walk.dirty.add(sub)
             facts = self._ingest_files(run_id, ch, mine, batches, touched, info, info_read)
-            row = self._run_row(run_id, ch, abs_dir, info, facts)
+            fresh = info_read or _config_changed(ch) or ch.old_id != run_id  # warn once
+            row = self._run_row(run_id, ch, abs_dir, info, facts, self.notes if fresh else None)
             batches["runs"].add_dict(con, row)
             if ch.old_id != run_id or _config_changed(ch):
                 batches["params"].add_rows(con, ingest.param_rows(run_id, facts.get("config")))
@@ -357,7 +371,8 @@ class Refresher:
                     if st.kind == "metrics":
                         if chunk.restarted and old:
                             con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
-                        batches["metrics"].add_columns(con, ingest.metric_columns(run_id, chunk))
+                        batches["metrics"].add_columns(
+                            con, ingest.metric_columns(run_id, chunk, self.notes, path))
                         touched.add(run_id)
                     else:
                         bench = _benchmark(path)
@@ -365,7 +380,7 @@ class Refresher:
                             con.execute("DELETE FROM predictions WHERE run_id = ? AND benchmark = ?",
                                         [run_id, bench])
                         batches["predictions"].add_rows(
-                            con, ingest.prediction_rows(run_id, bench, chunk))
+                            con, ingest.prediction_rows(run_id, bench, chunk, self.notes, path))
                     offset, lines, head = chunk.offset, chunk.lines, chunk.head
                 else:
                     continue
@@ -408,7 +423,7 @@ class Refresher:
         return [[t, author, body] for t, author, body in entries]
 
     def _run_row(self, run_id: str, ch: RunChange, abs_dir: str, info: dict[str, Any],
-                 facts: dict[str, Any]) -> dict[str, Any]:
+                 facts: dict[str, Any], notes: values.Notes | None) -> dict[str, Any]:
         config = facts.get("config")
         summary = facts.get("summary") or {}
         conclusions = [tuple(e) for e in facts.get("conclusion") or []]
@@ -417,7 +432,7 @@ class Refresher:
             run_id=run_id, rel=ch.rel, abs_dir=abs_dir, info=info, config=config,
             config_json=ingest.config_json(config), summary_status=summary.get("status"),
             conclusions=conclusions, last_modified=newest / 1e9 if newest else None,
-            now=self.now,
+            now=self.now, notes=notes,
         )
         row["run_json"] = json.dumps(info, default=str) if info else None
         return row

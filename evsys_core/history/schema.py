@@ -18,6 +18,8 @@ what was parsed from them), `meta` (schema version, last refresh).
 from __future__ import annotations
 
 SCHEMA_VERSION = "3"
+# every read of the index (SQL, --where, --sort) is stopped after this; store.run_bounded
+QUERY_TIMEOUT_S = 10.0
 
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "meta": [("key", "VARCHAR"), ("value", "VARCHAR")],

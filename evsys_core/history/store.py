@@ -16,12 +16,14 @@ import contextlib
 import fcntl
 import os
 import sys
+import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import duckdb
 
 from evsys_core.errors import EvsysError
+from evsys_core.history.schema import QUERY_TIMEOUT_S  # noqa: F401 - the limit run_bounded applies
 
 LOCK_TIMEOUT_S = 300.0
 READER_CONFIG = {
@@ -30,6 +32,9 @@ READER_CONFIG = {
     "autoload_known_extensions": False,
     "lock_configuration": True,  # last: nothing after it can change the settings above
 }
+
+
+T = TypeVar("T")
 
 
 class QueryError(EvsysError):
@@ -48,39 +53,115 @@ def warn(message: str) -> None:
     print(f"evsys: warning: {message}", file=sys.stderr, flush=True)
 
 
+class HeldLock:
+    """An flock held on a lock file. `rm -rf .evsys` can unlink the file under it: `held()`
+    says whether the path still names the file locked (if not, another process may lock the
+    new one, so nothing should be written as if this lock still excluded it)."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd = fd
+        self.path = path
+
+    def held(self) -> bool:
+        try:
+            a, b = os.fstat(self.fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
 @contextlib.contextmanager
 def file_lock(path: str, exclusive: bool, timeout_s: float = LOCK_TIMEOUT_S,
-              root: Any = None) -> Iterator[None]:
+              root: Any = None) -> Iterator[HeldLock]:
     """Hold an flock on `path` (shared or exclusive), waiting up to `timeout_s`; the file is
-    never opened through a link out of `root` (safefs)."""
+    never opened through a link out of `root` (safefs).
+
+    The lock file (and its folder) are created when missing. A lock file deleted or replaced
+    while we waited is not the lock any more: we lock the one now at the path instead, so
+    that processes that start after `rm -rf .evsys` still exclude each other."""
     from evsys_core import safefs
 
-    fd = safefs.open_fd(path, os.O_RDWR | os.O_CREAT, root)
-    try:
-        op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        start = time.monotonic()
+    op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    start = time.monotonic()
+    noted = False
+    while True:
+        try:
+            fd = safefs.open_fd(path, os.O_RDWR | os.O_CREAT, root)
+        except FileNotFoundError:  # the folder was deleted: make it again
+            if time.monotonic() - start > timeout_s:
+                raise
+            safefs.makedirs(os.path.dirname(path), root)
+            continue
+        lock = HeldLock(fd, path)
         delay = 0.005
-        noted = False
-        while True:
-            try:
-                fcntl.flock(fd, op | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                waited = time.monotonic() - start
-                if waited > timeout_s:
-                    raise HistoryIndexError(
-                        f"{path}: another evsys process has held the run index for "
-                        f"{waited:.0f} s (a refresh of many runs?); try again when it ends"
-                    ) from None
-                if waited > 2.0 and not noted:
-                    print("evsys: waiting for another process updating the run index ...",
-                          file=sys.stderr, flush=True)
-                    noted = True
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-        yield
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waited = time.monotonic() - start
+                    if waited > timeout_s:
+                        raise HistoryIndexError(
+                            f"{path}: another evsys process has held the run index for "
+                            f"{waited:.0f} s (a refresh of many runs?); try again when it ends"
+                        ) from None
+                    if waited > 2.0 and not noted:
+                        print("evsys: waiting for another process updating the run index ...",
+                              file=sys.stderr, flush=True)
+                        noted = True
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+        except BaseException:
+            os.close(fd)
+            raise
+        if lock.held():
+            break
+        os.close(fd)  # deleted or replaced while we waited: lock the file there now
+    try:
+        yield lock
     finally:
         os.close(fd)  # releases the lock
+
+
+class QueryTimeout(QueryError):
+    """A read of the index ran past its time limit and was interrupted."""
+
+
+def run_bounded(con: Any, fn: Callable[[Any], T], timeout_s: float | None) -> T:
+    """`fn(con)` with a time limit, and stoppable by Ctrl-C at once.
+
+    The work runs in a helper thread while the caller waits: on the limit, or on a
+    KeyboardInterrupt in the caller (DuckDB does not look at Python's signals while it
+    executes), the connection is interrupted and the helper is waited for."""
+    box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: a join cut short by Ctrl-C can lie afterwards
+
+    def work() -> None:
+        try:
+            box["value"] = fn(con)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="evsys-index-read", daemon=True).start()
+    try:
+        finished = done.wait(timeout_s)
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait()
+        raise
+    if not finished:
+        con.interrupt()
+        done.wait()
+        if "value" not in box:
+            raise QueryTimeout(
+                f"the query ran longer than {timeout_s:g} s and was stopped; add a WHERE or "
+                "LIMIT, or aggregate (the CLI's --timeout raises the limit)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # DuckDB errors that mean the file itself is damaged (as opposed to a bad query)
@@ -180,10 +261,11 @@ class Batch:
                 try:
                     arrays[c] = np.array(col, dtype=np.int64)
                     exprs.append(c)
-                except (TypeError, ValueError, OverflowError):
-                    arrays[f"{c}_n"] = np.fromiter((v is None for v in col), dtype=bool,
-                                                   count=len(col))
-                    arrays[c] = np.array([0 if v is None else v for v in col], dtype=np.int64)
+                except (TypeError, ValueError, OverflowError):  # NULLs (values.int64 made
+                    # every other value fit; anything else is stored as NULL too)
+                    fits = [type(v) is int and -(2**63) <= v < 2**63 for v in col]
+                    arrays[f"{c}_n"] = np.array([not f for f in fits], dtype=bool)
+                    arrays[c] = np.array([v if f else 0 for v, f in zip(col, fits)], dtype=np.int64)
                     exprs.append(f"CASE WHEN NOT {c}_n THEN {c} END")
             else:
                 arrays[c] = np.array(col, dtype=object)

@@ -98,7 +98,8 @@ Work in a loop, one experiment per iteration:
 
 
 def build_server(workspace: Path | str, max_concurrent_runs: int = 1, read_only: bool = False,
-                 *, poll_s: float | None = None, cancel_grace_s: float | None = None) -> MCPServer:
+                 *, poll_s: float | None = None, cancel_grace_s: float | None = None,
+                 query_timeout_s: float | None = None) -> MCPServer:
     """The evsys MCP server over `workspace` (the tests use it in-process)."""
     ws = Path(workspace).resolve()
     if not ws.is_dir():
@@ -111,6 +112,10 @@ def build_server(workspace: Path | str, max_concurrent_runs: int = 1, read_only:
         extra["poll_s"] = poll_s
     if cancel_grace_s is not None:
         extra["cancel_grace_s"] = cancel_grace_s
+    if query_timeout_s is not None:
+        if query_timeout_s <= 0:
+            raise EvsysError(f"--query-timeout must be more than 0 seconds, got {query_timeout_s:g}")
+        extra["query_timeout_s"] = query_timeout_s
     tools = EvsysTools(ws, max_concurrent_runs, **extra)
     server = MCPServer("evsys", instructions=INSTRUCTIONS.format(workspace=ws), version=_version(),
                        log_level="WARNING")
@@ -206,6 +211,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--read-only", action="store_true",
                    help="offer only tools that read (no write_config, launch_run, cancel_run, score_benchmark, "
                         "record_conclusion)")
+    p.add_argument("--query-timeout", type=float, default=None, metavar="S",
+                   help="stop any index query (query_runs, list_runs where/sort_by) after S seconds "
+                        "(default: the index's limit, 10 s)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p.parse_args(argv)
 
@@ -216,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("evsys-mcp %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
     try:
-        server = build_server(args.workspace, args.max_concurrent_runs, args.read_only)
+        server = build_server(args.workspace, args.max_concurrent_runs, args.read_only,
+                              query_timeout_s=args.query_timeout)
     except EvsysError as e:
         print(f"evsys-mcp: error: {e}", file=sys.stderr)
         return 2

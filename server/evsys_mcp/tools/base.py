@@ -30,11 +30,12 @@ ROW_METRIC_CHARS = 1_500
 
 class Base:
     def __init__(self, workspace: Path, max_concurrent_runs: int = 1, poll_s: float = 1.0,
-                 cancel_grace_s: float = 30.0) -> None:
+                 cancel_grace_s: float = 30.0, query_timeout_s: float | None = None) -> None:
         self.workspace = workspace.resolve()
         self.max_concurrent_runs = max_concurrent_runs
         self.poll_s = poll_s
         self.cancel_grace_s = cancel_grace_s
+        self.query_timeout_s = query_timeout_s  # None: the index's limit (schema.QUERY_TIMEOUT_S)
         self._index_lock = threading.Lock()
         self.engine = Engine(self.workspace, max_concurrent=max_concurrent_runs, index=self._index)
 
@@ -43,7 +44,8 @@ class Base:
         from evsys_core.history.index import open_index
 
         with self._index_lock:  # the index opens one connection per call; one call at a time here
-            yield open_index(self.workspace)
+            yield open_index(self.workspace, **({} if self.query_timeout_s is None
+                                                else {"query_timeout_s": self.query_timeout_s}))
 
     def _rel(self, p: Path | str) -> str:
         return paths.rel(self.workspace, Path(p))

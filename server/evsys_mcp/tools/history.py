@@ -22,7 +22,6 @@ from ..sqlguard import check_readonly_sql, check_where
 from .base import Base, Offset, RunRef
 
 MAX_CONCLUSION_CHARS = 20_000
-QUERY_TIMEOUT_S = 10.0
 MAX_SERIES = 20            # curves per get_metrics page
 MAX_TOTAL_POINTS = 1_000   # points per get_metrics answer, shared by its curves (~26 characters each at most)
 MAX_LISTED_KEYS = 100
@@ -226,7 +225,7 @@ class HistoryTools(Base):
         at ~45,000 (next_offset pages on)."""
         statement = check_readonly_sql(sql)
         with self._index() as idx:
-            columns, rows, truncated = idx.query(statement, max_rows=offset + max_rows, timeout_s=QUERY_TIMEOUT_S)
+            columns, rows, truncated = idx.query(statement, max_rows=offset + max_rows)
         columns = [budget.text(str(c), budget.NAME_CHARS) for c in columns[:500]]
         columns = columns[:budget.fit(columns, 10_000)]
         page = [[budget.cell(c) for c in row[:len(columns)]] for row in rows[offset:offset + max_rows]]
