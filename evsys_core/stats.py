@@ -71,11 +71,14 @@ def with_uncertainty(prefix: str, per_task: Mapping[str, Sequence[float]]) -> di
 
 # ---- how a score is shown ------------------------------------------------------------------
 
-def format_score(value: Any, stderr: Any = None, n_tasks: Any = None) -> str:
-    """'0.727 ± 0.276 (95% CI, 11 tasks)'; without a usable stderr '0.727 (1 task)' or '0.727'."""
+def format_score(value: Any, stderr: Any = None, n_tasks: Any = None, seeds: int | None = None) -> str:
+    """'0.727 ± 0.276 (95% CI, 11 tasks)'; without a usable stderr '0.727 (1 task)' or '0.727';
+    `seeds` > 1 (a replicate group's pooled score) adds ', 3 seeds'."""
     if not _finite(value):
         return str(value)
     n = f"{int(n_tasks)} task{'s' if int(n_tasks) != 1 else ''}" if _finite(n_tasks) else None
+    if n and seeds is not None and seeds > 1:
+        n += f", {seeds} seeds"
     if _finite(stderr):
         return f"{value:.3f} ± {Z95 * stderr:.3f} (95% CI" + (f", {n})" if n else ")")
     return f"{value:.3f}" + (f" ({n})" if n else "")

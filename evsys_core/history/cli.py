@@ -74,12 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "compare", parents=[common], help="is CAND better than BASE? paired, with a verdict",
-        description="Config differences of two runs and, per shared metric, both values and the "
-        "delta CAND - BASE. Eval metrics are paired task by task (predictions/<bench>.jsonl) at "
-        "each run's final evaluation or --step: 95% CI of the delta, p-value of an exact "
-        "McNemar / sign-flip test, and a verdict (better, worse, inconclusive at alpha 0.05).")
-    p.add_argument("base", metavar="BASE", help="the reference run")
-    p.add_argument("cand", metavar="CAND", help="the run compared with it")
+        description="Config differences of two runs (or replicate groups) and, per shared "
+        "metric, both values and the delta CAND - BASE. Eval metrics are paired task by task "
+        "(predictions/<bench>.jsonl) at each run's final evaluation or --step: 95% CI of the "
+        "delta, p-value of an exact McNemar / sign-flip test, and a verdict (better, worse, "
+        "inconclusive at alpha 0.05). A group pools its completed replicates: a task's score is "
+        "the mean over them.")
+    p.add_argument("base", metavar="BASE", help="the reference run, or a replicate group (id or name)")
+    p.add_argument("cand", metavar="CAND", help="the run or group compared with it")
     p.add_argument("--metric", metavar="KEY", help="only this metric, e.g. val/val/pass@1")
     p.add_argument("--step", type=int, metavar="S",
                    help="compare at evaluation step S in both runs (default: each run's final)")
@@ -288,9 +290,12 @@ def cmd_best(args: argparse.Namespace) -> int:
             print(f"no replicate group has a completed run with {args.metric}")
             return 0
         tables.print_table(
-            ["#", "group", f"{args.metric} (mean)", "95% CI", "runs", "algorithm", "group id"],
-            [[i, r["group_name"], r["value"], _interval({**r, "mean": r["value"]}), r["n_runs"],
+            ["#", "group", f"{args.metric} (mean)", "95% CI", "seeds", "#1 vs this (paired)",
+             "algorithm", "group id"],
+            [[i, r["group_name"], r["value"], _interval({**r, "mean": r["value"]}),
+              ",".join(str(x) for x in r["seeds"] if x is not None), _vs_top(r.get("vs_top")),
               r["algorithm"], r["group_id"]] for i, r in enumerate(rows, 1)])
+        _vs_top_note(rows)
         return 0
     rows = _index(args).best(args.metric, maximize=args.maximize, where=args.where,
                              by=args.by, limit=args.limit, kind=_kind(args))
@@ -303,10 +308,27 @@ def cmd_best(args: argparse.Namespace) -> int:
         return 0
     what = ("final" if args.by == "final" else ("max" if args.maximize else "min"))
     tables.print_table(
-        ["#", "name", f"{args.metric} ({what})", "step", "status", "algorithm", "model", "run id"],
-        [[i, r["name"], r["value"], r["step"], r["status"], r["algorithm"], r["model"],
-          r["run_id"]] for i, r in enumerate(rows, 1)])
+        ["#", "name", f"{args.metric} ({what})", "step", "#1 vs this (paired)", "status",
+         "algorithm", "model", "run id"],
+        [[i, r["name"], r["value"], r["step"], _vs_top(r.get("vs_top")), r["status"],
+          r["algorithm"], r["model"], r["run_id"]] for i, r in enumerate(rows, 1)])
+    _vs_top_note(rows)
     return 0
+
+
+def _vs_top(vs: dict[str, Any] | None) -> str | None:
+    """'inconclusive +0.091 [-0.08, +0.26] p=0.5, 11 tasks' (the leader minus this row)."""
+    if not vs or vs.get("verdict") is None:
+        return None
+    seeds = max(vs.get("base_seeds") or 1, vs.get("cand_seeds") or 1)
+    return (f"{vs['verdict']} {vs['delta']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}] "
+            f"p={vs['p_value']:.2g}, {vs['n_tasks']} tasks" + (f" x {seeds} seeds" if seeds > 1 else ""))
+
+
+def _vs_top_note(rows: list[dict[str, Any]]) -> None:
+    if any(r.get("vs_top") and r["vs_top"].get("verdict") for r in rows):
+        print("\n#1 vs this: the top row paired task by task with each row (all replicates' tasks "
+              "pooled): delta #1 - this, 95% CI, p; `better` = #1 is really ahead (alpha 0.05).")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -318,9 +340,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     base, cand = (r["name"] for r in info["runs"])
     tables.print_table(["", f"BASE {base}", f"CAND {cand}"],
-                       [["status", *(r["status"] for r in info["runs"])],
+                       [["kind", *(r["kind"] for r in info["runs"])],
+                        ["status", *(r["status"] for r in info["runs"])],
                         ["steps", *(r["steps"] for r in info["runs"])],
-                        ["run id", *(r["run_id"] for r in info["runs"])]])
+                        ["seeds", *(",".join(str(x) for x in r["seeds"] if x is not None)
+                                    for r in info["runs"])],
+                        ["id", *(r["run_id"] for r in info["runs"])]])
     print()
     if info["config"]:
         tables.print_table(["config", base, cand], [[c["key"], *c["values"]] for c in info["config"]],

@@ -148,7 +148,10 @@ def show_group(con: Any, group: dict[str, Any]) -> dict[str, Any]:
 
 def best_groups(con: Any, metric: str, maximize: bool = True,
                 limit: int | None = 5) -> list[dict[str, Any]]:
-    """Groups ranked by the mean final value of `metric` over their completed runs."""
+    """Groups ranked by the mean final value of `metric` over their completed runs; when
+    higher is better, each group after the first carries `vs_top`: the leader paired with it
+    over all replicates' tasks (paired.versus_top)."""
+    from evsys_core.history import paired
     from evsys_core.history.reports import _dicts
 
     sql = ("SELECT g.group_id, g.group_name, m.n_runs, m.mean AS value, m.ci95_low, m.ci95_high, "
@@ -156,7 +159,15 @@ def best_groups(con: Any, metric: str, maximize: bool = True,
            f"WHERE m.key = ? ORDER BY m.mean {'DESC' if maximize else 'ASC'}, g.created_at DESC")
     if limit:
         sql += f" LIMIT {int(limit)}"
-    return _dicts(con.execute(sql, [metric]))
+    rows = _dicts(con.execute(sql, [metric]))
+    sides = [{"name": r["group_name"], "run_ids": group_run_ids(con, r["group_id"])} for r in rows]
+    for r, s in zip(rows, sides):
+        r["seeds"] = [v for (v,) in con.execute(
+            "SELECT seed FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY seed",
+            [s["run_ids"]]).fetchall()]
+    for r, vs in zip(rows, paired.versus_top(con, sides, metric) if maximize else [None] * len(rows)):
+        r["vs_top"] = vs
+    return rows
 
 
 def group_run_ids(con: Any, group_id: str) -> list[str]:

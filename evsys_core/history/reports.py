@@ -339,9 +339,7 @@ def best(con: Any, metric: str, maximize: bool = True, where: str | None = None,
         sql += f" AND ({where})"
     sql += f" ORDER BY value {'DESC' if maximize else 'ASC'}, _wide.sort_time DESC NULLS LAST"
     if limit:
-        sql += f" LIMIT {int(limit)}"
-    if offset:
-        sql += f" OFFSET {int(offset)}"
+        sql += f" LIMIT {int(limit) + int(offset)}"
     try:
         found = _dicts(con.execute(sql, [metric]))
     except duckdb.Error as e:
@@ -354,7 +352,14 @@ def best(con: Any, metric: str, maximize: bool = True, where: str | None = None,
                 f"; known metrics: {', '.join(known[:15])}" if known
                 else "; the index has no metrics yet")
             raise QueryError(f"no run has a metric named {metric!r}{hint}")
-    return found
+    page = found[int(offset):]
+    if by == "final" and maximize and page:
+        from evsys_core.history import paired
+
+        sides = [{"name": r["name"], "run_ids": [r["run_id"]]} for r in [found[0], *page]]
+        for r, vs in zip(page, paired.versus_top(con, sides, metric)[1:]):
+            r["vs_top"] = vs if r is not found[0] else None
+    return page
 
 
 def _referenced_keys(con: Any, *texts: str | None) -> list[str]:
@@ -365,39 +370,84 @@ def _referenced_keys(con: Any, *texts: str | None) -> list[str]:
     return [k for k, _, _ in metric_keys(con) if k in text]
 
 
-def compare(con: Any, workspace: Path, base: str, cand: str, metric: str | None = None,
-            step: int | None = None) -> dict[str, Any]:
-    """BASE and CAND: their config differences and, per shared metric, both values, the
-    delta CAND − BASE and (eval metrics) the paired test and verdict (see history/paired.py)."""
-    from evsys_core.history import paired
+def side(con: Any, workspace: Path, ref: str) -> dict[str, Any]:
+    """What `ref` names for compare and best: a run, or a replicate group (its completed runs).
+    A run's id or exact name wins over a group's name (groups.find_group)."""
+    from evsys_core.history import groups
 
-    rows = [resolve(con, workspace, r) for r in (base, cand)]
-    if rows[0]["run_id"] == rows[1]["run_id"]:
-        raise UsageError(f"BASE and CAND are the same run ({rows[0]['name']}); compare two runs")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise UsageError(f"--step must be an evaluation step (an integer >= 0), got {step!r}")
+    g = groups.find_group(con, ref)
+    if g is None:
+        r = resolve(con, workspace, ref)
+        return {"kind": "run", "run_id": r["run_id"], "name": r["name"], "status": r["status"],
+                "path": r["path"], "steps": r["steps"], "seeds": [r["seed"]],
+                "run_ids": [r["run_id"]], "rows": [r]}
+    run_ids = groups.group_run_ids(con, g["group_id"])
+    if not run_ids:
+        raise RunError(f"group {g['group_name']} ({g['group_id']}) has no completed run yet "
+                       f"(statuses: {', '.join(map(str, g['statuses']))}); compare it once one "
+                       "has completed, or compare single runs")
+    rows = [resolve(con, workspace, r) for r in run_ids]
+    return {"kind": "group", "run_id": g["group_id"], "name": g["group_name"],
+            "status": f"{len(run_ids)}/{g['n_runs']} completed", "path": None,
+            "steps": max((r["steps"] for r in rows if r["steps"] is not None), default=None),
+            "seeds": [r["seed"] for r in rows], "run_ids": run_ids, "rows": rows}
+
+
+def _side_config(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A side's flattened config: a key its replicates agree on has that value; one they do not
+    (the seed) has the list of their values."""
     configs = [flatten(json.loads(r["config"])) if r["config"] else {} for r in rows]
     for r, c in zip(rows, configs):  # what run.json knows, for runs without config.yaml
         for k in ("algorithm", "model", "backend"):
             c.setdefault(f"run.{k}", r[k])
-    keys = sorted(set().union(*configs))
-    config_diff = []
-    for k in keys:
+    out: dict[str, Any] = {}
+    for k in sorted(set().union(*configs)):
         values = [c.get(k) for c in configs]
-        if json.dumps(values[0], sort_keys=True, default=str) != \
-                json.dumps(values[1], sort_keys=True, default=str):
-            config_diff.append({"key": k, "values": values})
+        same = all(_same(values[0], v) for v in values[1:])
+        out[k] = values[0] if same else values
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def compare(con: Any, workspace: Path, base: str, cand: str, metric: str | None = None,
+            step: int | None = None) -> dict[str, Any]:
+    """BASE and CAND (each a run or a replicate group): their config differences and, per
+    shared metric, both values, the delta CAND − BASE and (eval metrics) the paired test over
+    every replicate's tasks and its verdict (see history/paired.py)."""
+    from evsys_core.history import paired
+
+    sides = [side(con, workspace, r) for r in (base, cand)]
+    overlap = set(sides[0]["run_ids"]) & set(sides[1]["run_ids"])
+    if overlap:
+        what = "the same run" if sides[0]["run_id"] == sides[1]["run_id"] else \
+            f"sides that share {len(overlap)} run(s)"
+        raise UsageError(f"BASE and CAND are {what} ({sides[0]['name']}, {sides[1]['name']}); "
+                         "compare two different runs or groups")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise UsageError(f"--step must be an evaluation step (an integer >= 0), got {step!r}")
+    configs = [_side_config(s["rows"]) for s in sides]
+    keys = sorted(set().union(*configs))
+    config_diff = [{"key": k, "values": [c.get(k) for c in configs]} for k in keys
+                   if not _same(configs[0].get(k), configs[1].get(k))]
+    grouped = any(s["kind"] == "group" for s in sides)
     return {
-        "runs": [{"run_id": r["run_id"], "name": r["name"], "status": r["status"],
-                  "path": r["path"], "steps": r["steps"]} for r in rows],
+        "runs": [{k: s[k] for k in ("kind", "run_id", "name", "status", "path", "steps", "seeds",
+                                    "run_ids")} for s in sides],
         "config": config_diff,
         "config_keys_same": len(keys) - len(config_diff),
         "alpha": stats.ALPHA,
         "step": step,
-        "metrics": paired.compare_metrics(con, rows[0], rows[1], metric=metric, step=step),
-        "note": ("eval metrics are paired by task_id at each run's final evaluation (or --step); "
-                 "verdict: better / worse when the paired test's p < alpha, else inconclusive; "
-                 "training metrics have no per-task predictions: delta only, no verdict"),
+        "metrics": paired.compare_metrics(con, sides[0], sides[1], metric=metric, step=step),
+        "note": ("eval metrics are paired by task_id at each run's final evaluation (or --step)"
+                 + ("; a group's task score is the mean over its completed replicates "
+                    "(base_seeds/cand_seeds: how many were pooled), and the test is the "
+                    "sign-flip test on the per-task differences" if grouped else "")
+                 + "; verdict: better / worse when the paired test's p < alpha, else "
+                 "inconclusive; training metrics have no per-task predictions: delta only, "
+                 "no verdict"),
     }
 
 

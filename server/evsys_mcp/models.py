@@ -46,22 +46,44 @@ class RunList(BaseModel):
     note: str | None = None
 
 
+class VsTop(BaseModel):
+    verdict: str | None = Field(None, description="better: the top row is really ahead of this one (alpha 0.05); "
+                                "inconclusive: the data cannot tell them apart")
+    delta: float | None = Field(None, description="top row minus this row, over the paired tasks")
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    n_tasks: int | None = Field(None, description="tasks paired by task_id")
+    seeds: int | None = Field(None, description="replicates pooled on this row's side")
+    note: str | None = None
+
+
 class BestRow(BaseModel):
     rank: int
-    run_id: str
+    run_id: str = Field(description="the run's id, or the group's id when ranking groups")
     name: str | None = None
     status: str | None = None
     run_dir: str | None = None
     algorithm: str | None = None
     model: str | None = None
-    value: float | None = None
+    value: float | None = Field(None, description="the run's value, or the mean over a group's completed runs")
     step: int | None = None
+    seeds: list[int | None] | None = Field(None, description="a group's completed replicates' seeds")
+    ci95_low: float | None = Field(None, description="a group's 95% t-interval of the mean across replicates")
+    ci95_high: float | None = None
+    vs_top: VsTop | None = Field(None, description="the top row paired with this one task by task (all "
+                                 "replicates' tasks); absent for the top row and for training metrics")
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class BestList(BaseModel):
     metric: str
     by: str
     maximize: bool
+    groups: bool = Field(False, description="true: the rows are replicate groups")
     runs: list[BestRow]
     offset: int
     next_offset: int | None = NEXT
@@ -200,6 +222,10 @@ class MetricComparison(BaseModel):
     p_value: float | None = None
     test: str | None = Field(None, description="mcnemar exact, sign-flip exact, or sign-flip with seeded draws")
     n_tasks: int | None = Field(None, description="tasks paired by task_id")
+    base_seeds: int | None = Field(None, description="replicates pooled on BASE's side (1 for a run)")
+    cand_seeds: int | None = None
+    base_tasks: int | None = Field(None, description="tasks BASE's side scored")
+    cand_tasks: int | None = None
     base_step: int | None = None
     cand_step: int | None = None
     verdict: str | None = Field(None, description="better | worse | inconclusive (p < alpha); "
@@ -208,8 +234,17 @@ class MetricComparison(BaseModel):
     note: str | None = None
 
 
+class CompareSide(BaseModel):
+    kind: str = Field(description="run, or group (a replicate group: its completed runs pooled)")
+    id: str = Field(description="the run id or group id")
+    name: str | None = None
+    seeds: list[int | None] = Field(default_factory=list)
+    run_ids: list[str] = Field(default_factory=list, description="the runs on this side")
+
+
 class CompareResult(BaseModel):
-    runs: list[RunRow] = Field(description="[BASE, CAND]")
+    sides: list[CompareSide] = Field(description="[BASE, CAND]")
+    runs: list[RunRow] = Field(description="[BASE, CAND] (a group: id = group id, status = 'k/n completed')")
     config_diff: dict[str, list[Any]] = Field(
         default_factory=dict, description="config field -> [BASE value, CAND value] (only fields that differ)")
     alpha: float

@@ -15,8 +15,8 @@ from evsys_core.jobs import pages
 from .. import budget, paths
 from ..boundary import tool_boundary
 from ..models import (
-    BestList, BestRow, CompareResult, ConclusionResult, MetricComparison, MetricSeries, MetricsResult, QueryResult, RunList,
-    SummaryPage,
+    BestList, BestRow, CompareResult, CompareSide, ConclusionResult, MetricComparison, MetricSeries, MetricsResult, QueryResult, RunList,
+    SummaryPage, VsTop,
 )
 from ..sqlguard import check_readonly_sql, check_where
 from .base import Base, Offset, RunRef
@@ -89,22 +89,51 @@ class HistoryTools(Base):
             description="rank by each run's final value (default) or the best value it reached")] = "final",
         where: Annotated[str | None, Field(max_length=2000, description="optional SQL boolean, as for list_runs")] = None,
         kind: Annotated[Kind, KIND_FIELD] = "train",
+        groups: Annotated[bool, Field(description=(
+            "true: rank replicate groups (launch_run with seeds) by the metric's mean over their completed "
+            "runs, with its 95% interval; where and by=best apply to runs only"))] = False,
         offset: Offset = 0,
         limit: Annotated[int, Field(ge=1, le=100, description="runs per page (1-100)")] = 10,
     ) -> BestList:
-        """The runs ranked by one metric (the CLI's `evsys best`); ~250 characters a row."""
+        """The runs (or replicate groups) ranked by one metric (the CLI's `evsys best`); when higher is better,
+        each row after the first has vs_top: the top row paired with it task by task (all replicates' tasks),
+        delta, 95% CI, p and verdict, so a lead the data cannot support reads `inconclusive`; ~400 characters
+        a row."""
         if where is not None:
             check_where(where)
+        if groups and (where is not None or by != "final"):
+            raise UsageError("groups ranks by the mean final value; where and by=best apply to runs only")
         with self._index() as idx:
-            rows = idx.best(metric, maximize=maximize, where=where, by=by, limit=limit + 1, kind=_kind(kind),
-                            offset=offset)
-        out = [BestRow(rank=offset + i + 1, run_id=str(r["run_id"]), name=budget.text(r.get("name"), 200),
+            if groups:
+                rows = idx.best_groups(metric, maximize=maximize, limit=offset + limit + 1)[offset:]
+            else:
+                rows = idx.best(metric, maximize=maximize, where=where, by=by, limit=limit + 1, kind=_kind(kind),
+                                offset=offset)
+        out = [BestRow(rank=offset + i + 1, run_id=str(r.get("group_id") or r["run_id"]),
+                       name=budget.text(r.get("group_name") or r.get("name"), 200),
                        status=budget.text(r.get("status"), 100), run_dir=self._index_dir(r.get("path")),
                        algorithm=budget.text(r.get("algorithm"), 100), model=budget.text(r.get("model"), 300),
-                       value=budget.num(r.get("value")), step=budget.integer(r.get("step")))
+                       value=budget.num(r.get("value")), step=budget.integer(r.get("step")),
+                       seeds=[budget.integer(x) for x in r["seeds"][:100]] if "seeds" in r else None,
+                       ci95_low=budget.num(r.get("ci95_low")), ci95_high=budget.num(r.get("ci95_high")),
+                       vs_top=self._vs_top(r.get("vs_top")))
                for i, r in enumerate(rows[:limit])]
-        return BestList(metric=metric, by=by, maximize=maximize, runs=out, offset=offset,
+        return BestList(metric=metric, by=by, maximize=maximize, groups=groups, runs=out, offset=offset,
                         next_offset=offset + limit if len(rows) > limit else None)
+
+    @staticmethod
+    def _vs_top(vs: dict[str, Any] | None) -> VsTop | None:
+        if not vs:
+            return None
+        return VsTop(verdict=vs.get("verdict"), delta=budget.num(vs.get("delta")), ci_low=budget.num(vs.get("ci_low")),
+                     ci_high=budget.num(vs.get("ci_high")), p_value=budget.num(vs.get("p_value")),
+                     n_tasks=budget.integer(vs.get("n_tasks")), seeds=budget.integer(vs.get("base_seeds")),
+                     note=budget.text(vs.get("note"), 300))
+
+    def _names_a_path(self, ref: str) -> bool:
+        """A reference only the run resolver knows (a directory, or a run this server launched)."""
+        paths.check_text(ref, "run", 1024)
+        return "/" in ref or "\\" in ref or ref in (".", "..") or ref in self.engine.launched
 
     @tool_boundary
     def read_summary(
@@ -244,14 +273,17 @@ class HistoryTools(Base):
     def compare_runs(
         self,
         runs: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(
-            min_length=2, max_length=2, description="[BASE, CAND]: two run references (id, name prefix or directory)")],
+            min_length=2, max_length=2, description=(
+                "[BASE, CAND]: two run references (id, name prefix or directory) or replicate groups (group id "
+                "or name, from launch_run with seeds); a group pools its completed replicates' tasks"))],
         metric: Annotated[str | None, Field(max_length=300, description="only this metric key")] = None,
         step: Annotated[int | None, Field(ge=0, description="evaluation step in both runs (default: each run's final)")] = None,
     ) -> CompareResult:
         """Is CAND better than BASE? Config differences and, per shared metric, both values and the delta;
         eval metrics are paired task by task with a 95% CI, p-value and verdict (better/worse/inconclusive);
-        ~45,000 characters at most (metrics past that are left out with a note)."""
-        base, cand = (self._resolve(r)[0] for r in runs)
+        base_seeds/cand_seeds and n_tasks say how many replicates and tasks were pooled; ~45,000 characters
+        at most (metrics past that are left out with a note)."""
+        base, cand = (self._resolve(r)[0] if self._names_a_path(r) else r for r in runs)
         with self._index() as idx:
             cmp = idx.compare(base, cand, metric=metric, step=step)
         config = [(budget.text(str(d["key"]), budget.NAME_CHARS), [budget.cell(v, 200) for v in d["values"]])
@@ -261,7 +293,10 @@ class HistoryTools(Base):
                                            budget.text(v, budget.NAME_CHARS) if isinstance(v, str) else v)
                                        for k, v in m.items() if k in fields}) for m in cmp.get("metrics", [])]
         rows = [self._row(r) for r in cmp["runs"]]
-        room = budget.FIT_CHARS - budget.size([r.model_dump(mode="json") for r in rows])
+        sides = [CompareSide(kind=r["kind"], id=str(r["run_id"]), name=budget.text(r.get("name"), 200),
+                             seeds=[budget.integer(x) for x in r["seeds"][:100]],
+                             run_ids=[str(x) for x in r["run_ids"][:100]]) for r in cmp["runs"]]
+        room = budget.FIT_CHARS - budget.size([r.model_dump(mode="json") for r in (*rows, *sides)])
         n_config = budget.fit(config, room // 3)
         n_metrics = budget.fit([m.model_dump(mode="json") for m in metrics], room - budget.size(config[:n_config]))
         note = cmp.get("note") or ""
@@ -269,7 +304,7 @@ class HistoryTools(Base):
             note = (f"{note} " if note else "") + (
                 f"showing {n_config} of {len(config)} config differences and {n_metrics} of {len(metrics)} "
                 "metrics; pass metric to compare one, or query_runs over metric_summary for the rest")
-        return CompareResult(runs=rows, config_diff=dict(config[:n_config]), alpha=cmp["alpha"],
+        return CompareResult(sides=sides, runs=rows, config_diff=dict(config[:n_config]), alpha=cmp["alpha"],
                              metrics=metrics[:n_metrics], note=note)
 
     @tool_boundary
