@@ -18,6 +18,8 @@ output and the gradients at optim_step, then steps with learning rate 0 so nothi
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +38,7 @@ from tinker_cookbook.rl.data_processing import assemble_training_data, compute_a
 from tinker_cookbook.rl.train import train_step as cookbook_train_step  # noqa: E402
 from tinker_cookbook.rl.types import Trajectory, TrajectoryGroup, Transition  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-6
 K = 6
 # The cookbook's DEFAULT_DEMO_TEMPLATE in evsys's placeholders.
@@ -164,6 +167,12 @@ def test_evsys_sdft_loss_and_gradient_equal_the_cookbook_recipe(setup, kl, skip)
         # Nats per token, to 1e-6 absolute: the recipe sums KL terms of order 1 in float32.
         assert metrics["reverse_kl"] == pytest.approx(ref_metrics["sdft/reverse_kl_mean"], abs=TOL)
         assert metrics["reverse_kl"] * n_tok == pytest.approx(ref_loss, abs=TOL * n_tok)
+
+
+def test_the_paper_template_of_docs_sdft_md_is_the_recipes():
+    recipe = cookbook.DEFAULT_DEMO_TEMPLATE.replace("{question}", "{prompt}").replace("{golden_answer}", "{expected}")
+    assert PAPER_TEMPLATE == recipe and "Hint" not in recipe
+    assert f"demo_template: {json.dumps(PAPER_TEMPLATE)}" in (REPO / "docs/sdft.md").read_text()
 
 
 def test_the_comparison_sees_a_one_token_misalignment(setup):
