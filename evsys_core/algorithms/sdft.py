@@ -16,7 +16,8 @@ the batch's sequences: the paper's (1/T)·Σ_t per sequence, averaged over the b
 docs/sdft.md compares all of this with the reference implementations.
 Logged: train/mean_loss (per distilled token), train/kl (teacher→student over top-K),
 train/reverse_kl (student→teacher over the same ids), train/completion_len,
-train/teacher_top1_agree; at step 0 the teacher's ceiling, train/teacher_pass@1 beside train/student_pass@1 on the training prompts (ceiling.py).
+train/teacher_top1_agree; at step 0 the teacher's ceiling, train/teacher_pass@1 beside
+train/student_pass@1 on the training prompts (ceiling.py).
 """
 
 from __future__ import annotations
