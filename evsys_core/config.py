@@ -245,6 +245,7 @@ class SDFTParams(TrainParams):
     teacher: Literal["frozen", "ema"] = "frozen"
     ema_rate: float = Field(0.05, gt=0, le=1)
     skip_first_tokens: int = Field(0, ge=0)
+    loss_reduction: Literal["sum", "sequence_mean"] = "sum"
 
     @field_validator("demo_template")
     @classmethod

@@ -131,7 +131,7 @@ def test_sdft_and_rl_defaults(tmp_path):
     sdft = load_config(write(tmp_path, "data: {path: d}\nalgorithm: {kind: sdft}\n")).algorithm.params
     assert (sdft.topk, sdft.max_tokens, sdft.temperature, sdft.kl, sdft.teacher) == \
         (20, 64, 1.0, "forward", "frozen")
-    assert (sdft.ema_rate, sdft.skip_first_tokens) == (0.05, 0)
+    assert (sdft.ema_rate, sdft.skip_first_tokens, sdft.loss_reduction) == (0.05, 0, "sum")
     assert sdft.demo_template == "{prompt}\n\nHint: the answer is {expected}."
     rl = load_config(write(tmp_path, "data: {path: d}\nalgorithm: {kind: rl}\n")).algorithm.params
     assert (rl.group_size, rl.max_tokens, rl.temperature, rl.loss_fn) == \

@@ -70,7 +70,8 @@ def check_contract(run_dir: Path, steps: int, eval_steps: list[int], n_tasks: in
 @pytest.mark.parametrize("kind,params,extra", [
     ("sft", "", set()),
     ("sdft", "topk: 5, max_tokens: 6", {"train/kl", "train/completion_len", "train/teacher_top1_agree"}),
-    ("sdft", "topk: 5, max_tokens: 6, kl: reverse, skip_first_tokens: 1", {"train/kl"}),
+    ("sdft", "topk: 5, max_tokens: 6, kl: reverse, skip_first_tokens: 1, loss_reduction: sequence_mean",
+     {"train/kl", "train/reverse_kl"}),
     ("rl", "group_size: 3, max_tokens: 6", {"train/mean_reward", "train/completion_len"}),
 ])
 def test_each_algorithm_writes_the_run_directory_contract(tmp_path, tiny_model_dir, kind, params, extra):
