@@ -132,6 +132,39 @@ def test_policy_gradient_losses_through_the_model(tc, tok, loss_fn):
 # ---------------------------------------------------------------------------- training
 
 
+@pytest.mark.parametrize("loss_fn", ["cross_entropy", "importance_sampling"])
+def test_lm_head_over_the_loss_span_only_gives_the_full_passs_loss_logprobs_and_gradients(
+        tc, tok, loss_fn, monkeypatch):
+    """Datums whose loss starts after a prompt and ends before the pass's padding: the
+    head's backward runs only over that span, and nothing a caller sees changes."""
+    import evsys_core.backends.trainer as trainer
+
+    data = []
+    for i, p in enumerate(PROMPTS[:3]):
+        toks = tok.encode(p + " and then some more words" * (i + 1))
+        n = len(toks) - 1
+        scale = [0.0] * (3 + i) + [0.5 + 0.1 * j for j in range(n - 3 - i - 1)] + [0.0]
+        key = "weights" if loss_fn == "cross_entropy" else "advantages"
+        inputs = {"target_tokens": toks[1:], key: scale}
+        if loss_fn == "importance_sampling":
+            inputs["logprobs"] = [-1.0] * n
+        data.append(types.Datum(model_input=types.ModelInput.from_ints(toks[:-1]), loss_fn_inputs=inputs))
+    results = {}
+    for span in (False, True):
+        monkeypatch.setattr(trainer, "SPAN_LOGITS", span)
+        out = tc.forward_backward(data, loss_fn).result()
+        grads = [p.grad.clone() for _, p in tc._engine.params]
+        tc._engine.net.zero_grad(set_to_none=True)
+        results[span] = (out, grads)
+    (full, g_full), (span, g_span) = results[False], results[True]
+    assert span.metrics["loss:sum"] == pytest.approx(full.metrics["loss:sum"], rel=1e-5)
+    for a, b in zip(logprobs_of(full), logprobs_of(span)):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+    assert any(float(g.abs().max()) > 0 for g in g_full)
+    for a, b in zip(g_full, g_span):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_gradients_flow_only_into_lora_on_every_linear_layer(tc, tok):
     tc.forward_backward(batch(tok), "cross_entropy").result()
     lora, other = {}, {}

@@ -2,7 +2,8 @@
 
 `collate` right-pads a batch of datums and checks each carries what its loss needs, in the
 right shape; `token_passes` groups them into passes of bounded padded tokens; `target_logprobs`
-is log p(target) from a pass's logits.
+is log p(target) from a pass's logits; `span_logprobs` the same from its hidden states, with
+the gradient kept only inside the span of positions that carry loss.
 """
 
 from __future__ import annotations
@@ -91,3 +92,19 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     if targets.dim() == 2:
         return (logits.gather(-1, targets[..., None]) - norm).squeeze(-1)
     return logits.gather(-1, targets) - norm
+
+
+def span_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                  span: tuple[int, int]) -> torch.Tensor:
+    """target_logprobs(head(hidden), targets), with autograd only for positions in `span`.
+
+    Outside the span every loss scale is zero, so those positions add nothing to the loss or
+    its gradient: their logits are computed without a graph (and freed at once), which saves
+    the lm_head and log-softmax backward there and the memory autograd would hold for them."""
+    width = hidden.shape[1]
+    parts = []
+    for lo, hi, grad in ((0, span[0], False), (span[0], span[1], True), (span[1], width, False)):
+        if hi > lo:
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                parts.append(target_logprobs(head(hidden[:, lo:hi]), targets[:, lo:hi]))
+    return torch.cat(parts, dim=1)

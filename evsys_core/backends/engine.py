@@ -88,6 +88,15 @@ class Engine:
         self.rank = rank
         self.params = [(n, p) for n, p in self.peft.named_parameters() if p.requires_grad]
 
+    def split_head(self) -> tuple[Any, Any] | None:
+        """(decoder, lm_head) when the model's logits are exactly lm_head(decoder(ids)'s last
+        hidden state), so a caller may run the head on some positions only; else None."""
+        cfg = self.model.config
+        if getattr(cfg, "final_logit_softcapping", None) or hasattr(self.model, "logit_scale"):
+            return None
+        body, head = getattr(self.model, "model", None), self.model.get_output_embeddings()
+        return None if body is None or head is None else (body, head)
+
     def snapshot(self) -> Weights:
         return Weights(tuple(p.detach().clone() for _, p in self.params), self.version)
 

@@ -63,6 +63,13 @@ REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
     "importance_sampling": ("logprobs", "advantages"),
     "ppo": ("logprobs", "advantages"),
 }
+# The input that scales each position's loss: where it is zero the position contributes exactly
+# nothing (no loss, no gradient), so its logits need no backward pass.
+SCALE_INPUT: dict[str, str] = {
+    "cross_entropy": "weights",
+    "importance_sampling": "advantages",
+    "ppo": "advantages",
+}
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "cross_entropy": (),
     "importance_sampling": (),
@@ -80,6 +87,16 @@ def check_loss_fn(loss_fn: str, config: Mapping | None) -> None:
     if unknown:
         allowed = ", ".join(CONFIG_KEYS[loss_fn]) or "none"
         raise BackendError(f"loss_fn_config keys {unknown} are not used by {loss_fn} (allowed: {allowed})")
+
+
+def loss_span(loss_fn: str, inputs: Inputs) -> tuple[int, int]:
+    """[start, end): the positions of a (B, T) pass where any row's loss scale is non-zero
+    ((0, 0) when none is)."""
+    scale = inputs[SCALE_INPUT[loss_fn]]
+    on = (scale != 0).reshape(scale.shape[0], scale.shape[1], -1).any(-1).any(0).nonzero()
+    if not len(on):
+        return 0, 0
+    return int(on[0]), int(on[-1]) + 1
 
 
 def compute_loss(

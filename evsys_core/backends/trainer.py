@@ -26,7 +26,7 @@ import torch
 from tinker import types
 
 from evsys_core.backends import losses, state_io
-from evsys_core.backends.collate import collate, target_logprobs, token_passes
+from evsys_core.backends.collate import collate, span_logprobs, target_logprobs, token_passes
 from evsys_core.backends.engine import BASE, LIVE, Engine, Weights
 from evsys_core.backends.futures import Done, Ready
 from evsys_core.backends.models import resolve_local_model
@@ -38,6 +38,7 @@ from evsys_core.errors import BackendError
 # hundred tokens on a CPU.
 TRAIN_TOKENS_PER_PASS = int(os.environ.get("EVSYS_TRAIN_TOKENS_PER_PASS", "256"))
 TRAIN_TOKENS_PER_PASS_CUDA = 1 << 15
+SPAN_LOGITS = True  # lm_head's backward only over the positions with loss (False: all; for A/B)
 
 
 class LocalTrainingClient(Ready):
@@ -139,9 +140,7 @@ class LocalTrainingClient(Ready):
                 width = max(batch.lengths[i] for i in rows)
                 sel = torch.tensor(rows, device=batch.ids.device)
                 inputs = {k: v[sel, :width] for k, v in batch.inputs.items()}
-                logits = eng.net(input_ids=batch.ids[sel, :width]).logits
-                lp = target_logprobs(logits, inputs["target_tokens"])
-                del logits
+                lp = self._logprobs(batch.ids[sel, :width], inputs, loss_fn)
                 loss, part = losses.compute_loss(loss_fn, lp, inputs, config)
                 if backward:
                     loss.backward()
@@ -154,6 +153,15 @@ class LocalTrainingClient(Ready):
         outputs = [{"logprobs": types.TensorData.from_torch(t)} for t in lps]
         return types.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord",
                                            loss_fn_outputs=outputs, metrics=metrics)
+
+    def _logprobs(self, ids: torch.Tensor, inputs: dict[str, torch.Tensor], loss_fn: str) -> torch.Tensor:
+        """log p(target) at every position; lm_head's gradient only where the loss is non-zero."""
+        split = self._engine.split_head() if SPAN_LOGITS else None
+        if split is None:
+            return target_logprobs(self._engine.net(input_ids=ids).logits, inputs["target_tokens"])
+        body, head = split
+        hidden = body(input_ids=ids).last_hidden_state
+        return span_logprobs(head, hidden, inputs["target_tokens"], losses.loss_span(loss_fn, inputs))
 
     def optim_step(self, optim_params: types.AdamParams | None = None, *,
                    adam_params: types.AdamParams | None = None) -> Done:
