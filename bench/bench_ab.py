@@ -11,7 +11,16 @@ On the B1 workload (8 capital prompts of bench/capitals.py, LoRA r8, 32 completi
   2. forward_backward in passes of at most TRAIN_TOKENS_PER_PASS padded tokens (local.py)
      against one pass over the whole batch: time (interleaved) and the process's peak RSS
      (each variant in a fresh process doing one load and one forward_backward).
-  3. OMP_WAIT_POLICY=PASSIVE against OpenMP's default spinning (an experiment: evsys leaves
+  3. (issue 17) logits only where read: the teacher's scoring asks top-20 for its completion
+     positions only (prompt_logprobs_last_n, as SDFT now does) against every position; and
+     forward_backward's lm_head backward only over the positions with loss (trainer.SPAN_LOGITS).
+  4. (issue 17) a KV cache with room reserved for the whole decode (kv_cache.py) against
+     transformers' DynamicCache, which grows by concatenation: the rollout.
+  5. (issue 17) bf16 decode weights (EVSYS_DECODE_DTYPE=bf16): how far sampled logprobs move
+     from forward's float32 ones. Where the CPU has no native bf16 the packed products are
+     emulated (weights and inputs rounded to bf16, float32 accumulation, as oneDNN computes
+     them), which gives the agreement but not the speed.
+  6. OMP_WAIT_POLICY=PASSIVE against OpenMP's default spinning (an experiment: evsys leaves
      it unset): the rollout, each repetition a fresh process per variant, alternating. Under
      contention passive waiting avoids a collapse; on a quiet machine it costs.
 """
@@ -103,6 +112,62 @@ def rss_worker(budget: int, threads: int) -> dict:
     return {"seconds": time.perf_counter() - t, "peak_rss_mb": common.peak_rss_mb(), "before_mb": before}
 
 
+def bf16_agreement(tc, sampler, prompts) -> dict:
+    """max / mean |sampled logprob − forward logprob| with float32 and with bf16 decode weights."""
+    import contextlib
+
+    import numpy as np
+    import torch
+    from tinker import types
+
+    import evsys_core.backends.packed as packed
+
+    native = packed.torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+    @contextlib.contextmanager
+    def bf16():
+        if native:
+            os.environ["EVSYS_DECODE_DTYPE"] = "bf16"
+            try:
+                yield
+            finally:
+                del os.environ["EVSYS_DECODE_DTYPE"]
+            return
+        eff, fwd = packed._effective_weight, packed._packed_forward
+        round_ = lambda t: None if t is None else t.to(torch.bfloat16).float()  # noqa: E731
+
+        def weight(module):
+            found = eff(module)
+            return None if found is None else (round_(found[0]), round_(found[1]))
+
+        def forward(p, b):
+            inner = fwd(p, b)
+            return lambda x, *a, **k: inner(round_(x), *a, **k)
+
+        packed._effective_weight, packed._packed_forward = weight, forward
+        try:
+            yield
+        finally:
+            packed._effective_weight, packed._packed_forward = eff, fwd
+
+    params = types.SamplingParams(max_tokens=64, temperature=1.0, stop=[], seed=1)
+    out = {}
+    for name, ctx in (("float32 (default)", contextlib.nullcontext),
+                      ("bf16" + ("" if native else ", emulated: no native bf16 on this CPU"), bf16)):
+        with ctx():
+            seqs = [f.result().sequences[0] for f in
+                    [sampler.sample(types.ModelInput.from_ints(p), 1, params) for p in prompts]]
+        data = [types.Datum(model_input=types.ModelInput.from_ints(p + s.tokens[:-1]),
+                            loss_fn_inputs={"target_tokens": (p + s.tokens)[1:],
+                                            "weights": [0.0] * (len(p) + len(s.tokens) - 1)})
+                for p, s in zip(prompts, seqs)]
+        fwd = tc.forward(data, "cross_entropy").result().loss_fn_outputs
+        gaps = np.concatenate([np.abs(o["logprobs"].to_numpy()[len(p) - 1:] - np.asarray(s.logprobs))
+                               for o, p, s in zip(fwd, prompts, seqs)])
+        out[name] = {"max": float(gaps.max()), "mean": float(gaps.mean()), "n": int(gaps.size)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(ap)
@@ -158,6 +223,15 @@ def main(argv=None) -> int:
         for f in fs:
             f.result()
 
+    last_n = {"on": True}
+
+    def teacher_completion_only():
+        fs = [base.sample(types.ModelInput.from_ints(t + c), 1, score, include_prompt_logprobs=True,
+                          topk_prompt_logprobs=20, prompt_logprobs_last_n=len(c) if last_n["on"] else None)
+              for t, c in zip(teacher, comps)]
+        for f in fs:
+            f.result()
+
     data = datums(tok)
 
     def train():
@@ -170,7 +244,15 @@ def main(argv=None) -> int:
             return common.timed(fn)
         return run
 
+    import evsys_core.backends.kv_cache as kv_cache
+
     cases = [
+        ("logits only where read: teacher top-20 over the completion only (8 x prompt+32 tokens)",
+         toggle(lambda v: last_n.update(on=v), False, True, teacher_completion_only)),
+        ("logits only where read: lm_head backward over the loss span only (8 SDFT datums)",
+         toggle(lambda v: setattr(local, "SPAN_LOGITS", v), False, True, train)),
+        ("reserved KV cache vs growth by concatenation: rollout (8 prompts x 32 sampled tokens)",
+         toggle(lambda v: setattr(kv_cache, "ENABLED", v), False, True, rollout)),
         ("shared-prefix prefill: teacher scoring (8 x prompt+32 tokens, top-20)",
          toggle(lambda v: setattr(ls, "MIN_SHARED_PREFIX", v), OFF, ls.MIN_SHARED_PREFIX, teacher_scoring)),
         ("shared-prefix prefill: rollout (8 prompts x 32 sampled tokens)",
@@ -187,6 +269,8 @@ def main(argv=None) -> int:
             on.append(run("on"))
         res.append((label, off, on))
         log(f"AB {label}: off {common.fmt3(off)}, on {common.fmt3(on)}")
+    agreement = bf16_agreement(tc, sampler, student)
+    log(f"AB bf16 agreement: {agreement}")
     rss = {}
     for name, budget in (("one pass", OFF), (f"passes of <= {local.TRAIN_TOKENS_PER_PASS}", local.TRAIN_TOKENS_PER_PASS)):
         rss[name] = common.run_json([sys.executable, __file__, "--rss-worker", str(budget), "--threads", str(threads)],
@@ -220,6 +304,11 @@ def main(argv=None) -> int:
               "| forward_backward | peak RSS before | peak RSS after | seconds |", "|---|---|---|---|"]
     for name, r in rss.items():
         lines.append(f"| {name} | {r['before_mb']:.0f} MB | {r['peak_rss_mb']:.0f} MB | {r['seconds']:.2f} s |")
+    lines += ["", "Sampled vs `forward` logprobs of the same tokens (8 rollouts x 64 tokens at temperature 1, "
+              "the decode packed after 2 steps; |sampled − forward| over every sampled token):", "",
+              "| decode weights | max | mean | tokens |", "|---|---|---|---|"]
+    for name, r in agreement.items():
+        lines.append(f"| {name} | {r['max']:.2e} | {r['mean']:.2e} | {r['n']} |")
     common.finish(TITLE, "\n".join(lines) + "\n", args)
     return 0
 

@@ -244,6 +244,66 @@ def test_topk_prompt_logprobs_are_the_full_softmax_topk(service, tiny_model_dir,
     assert np.allclose(sc.compute_logprobs(types.ModelInput.from_ints(toks)).result()[1:], own, atol=1e-5)
 
 
+def test_batched_prompt_scores_of_the_last_n_tokens_match_the_full_softmax(service, tiny_model_dir, tok, fresh):
+    """Prompts sharing a long prefix, batched: one scored in full, one over its last 2 tokens,
+    one over more tokens than its own part after the shared prefix, one not scored. The
+    prefill computes logits only where a score is read; every score equals the reference."""
+    sc = service.create_sampling_client(base_model=str(tiny_model_dir))
+    head = "One two three four five six seven eight nine ten eleven twelve"
+    texts = [head + " and the end", head + " then more words here", head + " x", head + " y z"]
+    toks = [tok.encode(t) for t in texts]
+    shared = min(len(t) for t in toks) - 2
+    assert all(t[:shared] == toks[0][:shared] for t in toks)
+    last_n = [None, 2, len(toks[2]) - 2, None]
+    params = types.SamplingParams(max_tokens=2, temperature=0.0)
+    futures = [sc.sample(types.ModelInput.from_ints(t), 1, params, include_prompt_logprobs=i < 3,
+                         topk_prompt_logprobs=4 if i < 3 else 0, prompt_logprobs_last_n=n)
+               for i, (t, n) in enumerate(zip(toks, last_n))]
+    for t, n, f in zip(toks, last_n, futures):
+        resp = f.result()
+        full = full_logprobs(fresh, t)
+        first = 1 if n is None else len(t) - n
+        if f is futures[3]:
+            assert resp.prompt_logprobs is None and resp.topk_prompt_logprobs is None
+        else:
+            assert all(resp.topk_prompt_logprobs[i] is None for i in range(first))
+            vals, ids = full.topk(4, dim=-1)
+            for i in range(first, len(t)):
+                got_ids, got_lp = zip(*resp.topk_prompt_logprobs[i])
+                assert list(got_ids) == ids[i - 1].tolist()
+                assert np.allclose(got_lp, vals[i - 1].numpy(), atol=1e-5)
+        # the first sampled token is still the greedy one after the whole prompt
+        ref_next = int(fresh(torch.tensor([t])).logits[0, -1].argmax())
+        assert resp.sequences[0].tokens[0] == ref_next
+
+
+def test_the_reserved_kv_cache_decodes_exactly_as_the_growing_one(service, tiny_model_dir, tok, monkeypatch):
+    """Greedy decodes of several lengths, with rows finishing early (the cache drops rows) and
+    a capacity too small (the cache grows): same tokens and logprobs as transformers' cache."""
+    import evsys_core.backends.kv_cache as kv_cache
+
+    sc = service.create_sampling_client(base_model=str(tiny_model_dir))
+    params = [types.SamplingParams(max_tokens=m, temperature=0.0, stop=[]) for m in (3, 20, 9, 20)]
+
+    def run():
+        fs = [sc.sample(prompt(tok, p), 2 if i == 1 else 1, sp) for i, (p, sp) in enumerate(zip(PROMPTS, params))]
+        return [[(s.tokens, s.logprobs) for s in f.result().sequences] for f in fs]
+
+    reserved = run()
+    monkeypatch.setattr(kv_cache, "ENABLED", False)
+    growing = run()
+    monkeypatch.setattr(kv_cache, "ENABLED", True)
+    small = kv_cache.reserved_cache(sc._engine.model.config, 4)
+    assert all(isinstance(layer, kv_cache.ReservedLayer) for layer in small.layers)
+    monkeypatch.setattr(sc, "_new_cache", lambda capacity: kv_cache.reserved_cache(sc._engine.model.config, 4))
+    regrown = run()
+    for a, b, c in zip(reserved, growing, regrown):
+        for (ta, la), (tb, lb), (tc_, lc) in zip(a, b, c):
+            assert ta == tb == tc_ and len(ta) > 0
+            assert np.allclose(la, lb, atol=1e-5) and np.allclose(lc, lb, atol=1e-5)
+    assert max(len(t) for r in reserved for t, _ in r) == 20
+
+
 def test_seeded_sampling_is_reproducible_alone_or_batched(service, tiny_model_dir, tok):
     sc = service.create_sampling_client(base_model=str(tiny_model_dir))
     params = types.SamplingParams(max_tokens=8, temperature=1.0, seed=7)
@@ -337,6 +397,18 @@ def test_packed_linears_compute_the_model_with_its_adapter_merged_and_restore_it
     assert (ref - ref_base).abs().max() > 1e-3  # the merged adapter made a difference
     assert not any("forward" in vars(m) for m in model.modules())  # class forwards are back
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing written
+
+
+def test_bf16_decode_weights_are_an_opt_in_that_needs_native_bf16(monkeypatch):
+    from evsys_core.backends import packed
+
+    assert packed.decode_dtype() == torch.float32  # the default
+    monkeypatch.setenv("EVSYS_DECODE_DTYPE", "bf16")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert packed.decode_dtype() == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.setenv("EVSYS_DECODE_DTYPE", "fp8")
+    with pytest.raises(BackendError, match="EVSYS_DECODE_DTYPE is 'fp8'; expected fp32 or bf16"):
+        packed.decode_dtype()
 
 
 def test_long_decodes_with_packed_weights_give_the_trained_models_logprobs(tc, tok):

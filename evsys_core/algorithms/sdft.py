@@ -112,12 +112,14 @@ def distill_data(tc: Any, teacher: Any, tok: Any, p: Any, batch: list[Any], prom
     """Steps 2–3 on a batch of rollouts: cross_entropy datums, and (start, teacher top-K) per datum."""
     from tinker import types
 
-    # 2. The teacher scores each rollout with the gold answer in context: top-K per position.
+    # 2. The teacher scores each rollout with the gold answer in context: top-K at each
+    #    completion position (only those are asked for: the last len(c) prompt tokens).
     score_params = types.SamplingParams(max_tokens=1, temperature=0.0)
     t_prompts = [teacher_prompt(tok, p, ex) for ex in batch]
     scored = [teacher.sample(types.ModelInput.from_ints(tp + c), 1, score_params,
-                             include_prompt_logprobs=True, topk_prompt_logprobs=p.topk)
-              for tp, c in zip(t_prompts, completions)]
+                             include_prompt_logprobs=True, topk_prompt_logprobs=p.topk,
+                             prompt_logprobs_last_n=len(c))
+              if c else None for tp, c in zip(t_prompts, completions)]
     data, targets = [], []
     for pr, tp, c, s in zip(prompts, t_prompts, completions, scored):
         if not c:

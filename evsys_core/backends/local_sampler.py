@@ -106,8 +106,17 @@ def _prefill_batch(reqs: Sequence[SampleRequest], pad_id: int, device: Any, skip
     return ids.to(device), mask.to(device)
 
 
+def _scored_positions(req: SampleRequest) -> int:
+    """How many of the prompt's last positions need logits: the last (for the first sampled
+    token) and, when prompt scores are asked, each position that predicts a scored token."""
+    if not (req.prompt_logprobs or req.topk > 0):
+        return 1
+    return len(req.tokens) if req.last_n is None else req.last_n + 1
+
+
 def _prompt_scores(logits: torch.Tensor, req: SampleRequest):
-    """(prompt logprobs with NaN at 0, TopkLogprobs or None) from one row's prefill logits."""
+    """(prompt logprobs with NaN at 0, TopkLogprobs or None) from one row's prefill logits
+    (its last _scored_positions(req) positions at least)."""
     n = len(req.tokens)
     first = 1 if req.last_n is None else n - req.last_n  # the first prompt position scored
     lp = torch.log_softmax(logits[logits.shape[0] - n + first - 1 : -1].float(), dim=-1)
@@ -220,29 +229,33 @@ def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_i
              ) -> list[types.SampleResponse]:
     """Answer `reqs` as one batch (see the module docstring). Call under torch.inference_mode().
 
-    `new_cache()` makes an empty KV cache; `cache_kw` is the model's keyword for it
+    `new_cache(capacity)` makes an empty KV cache for sequences of up to `capacity` tokens; `cache_kw` is the model's keyword for it
     ("cache" in transformers 5, "past_key_values" before)."""
-    # Prefill: the shared prefix once, then each prompt's own part, left-padded after it; all
-    # positions' logits only if prompt scores are asked.
-    need_all = any(r.prompt_logprobs or r.topk > 0 for r in reqs)
-    kv = new_cache()
+    # Prefill: the shared prefix once, then each prompt's own part, left-padded after it. Logits
+    # only at the positions read: the last one, and those a request's prompt scores need.
+    longest = max(len(r.tokens) for r in reqs)
+    kv = new_cache(longest + max(min(r.params.max_tokens or DEFAULT_MAX_TOKENS, max_len) for r in reqs))
     skip = shared_prefix([r.tokens for r in reqs])
+    need = [_scored_positions(r) for r in reqs]
     head_logits = None
     if skip:
+        head_needed = any(n > len(r.tokens) - skip for n, r in zip(need, reqs))
         head = torch.tensor([reqs[0].tokens[:skip]], dtype=torch.long, device=device)
-        out = model(input_ids=head, use_cache=True, logits_to_keep=0 if need_all else 1, **{cache_kw: kv})
-        head_logits = out.logits[0] if need_all else None
+        out = model(input_ids=head, use_cache=True, logits_to_keep=0 if head_needed else 1, **{cache_kw: kv})
+        head_logits = out.logits[0] if head_needed else None
         del out
         kv.batch_repeat_interleave(len(reqs))
     ids, tail_mask = _prefill_batch(reqs, pad_id, device, skip)
     mask = torch.cat([tail_mask.new_ones((len(reqs), skip)), tail_mask], dim=1)
+    keep = min(max(need), ids.shape[1])
     out = model(input_ids=ids, attention_mask=mask, position_ids=(skip + tail_mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True, logits_to_keep=0 if need_all else 1, **{cache_kw: kv})
+                use_cache=True, logits_to_keep=0 if keep == ids.shape[1] else keep, **{cache_kw: kv})
 
     def row_logits(i: int) -> torch.Tensor:
-        """Row i's logits at every position of its prompt."""
-        own = out.logits[i, out.logits.shape[1] - (len(reqs[i].tokens) - skip):]
-        return own if head_logits is None else torch.cat([head_logits, own])
+        """Row i's logits at its last need[i] prompt positions (at least)."""
+        own_len = len(reqs[i].tokens) - skip
+        own = out.logits[i, keep - min(keep, own_len):]
+        return own if need[i] <= own_len else torch.cat([head_logits, own])
 
     scores = [_prompt_scores(row_logits(i), r) if (r.prompt_logprobs or r.topk > 0) else (None, None)
               for i, r in enumerate(reqs)]

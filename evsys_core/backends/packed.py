@@ -13,11 +13,19 @@ in, so decoding also skips the adapter's two small products per layer — and ro
 modules' `forward` through oneDNN until the block exits. The model's own tensors are never
 written (no merge/unmerge drift); the cost is one transient copy of the weights, freed on exit.
 Outside a CPU float32 model with oneDNN available it does nothing.
+
+`EVSYS_DECODE_DTYPE=bf16` (off by default) packs the weights in bfloat16 instead, on a CPU
+with native bf16 matmuls (avx512_bf16 / AMX): a decode step reads half the bytes. Each
+linear's input is rounded to bf16 and its output returned in float32; everything else (norms,
+attention, softmax) stays float32. The price: sampled logprobs no longer equal `forward`'s
+float32 ones to 1e-4 (bench/RESULTS.md, AB, gives the measured gap), which matters to
+importance-sampling and PPO ratios.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator
 
 import torch
@@ -26,6 +34,19 @@ import torch
 def available(model: Any) -> bool:
     p = next(model.parameters())
     return p.device.type == "cpu" and p.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+def decode_dtype() -> torch.dtype:
+    """The packed weights' dtype: float32, or bfloat16 when EVSYS_DECODE_DTYPE=bf16 and the
+    CPU multiplies bf16 natively."""
+    want = os.environ.get("EVSYS_DECODE_DTYPE", "fp32").lower()
+    if want not in ("fp32", "float32", "bf16", "bfloat16"):
+        from evsys_core.errors import BackendError
+
+        raise BackendError(f"EVSYS_DECODE_DTYPE is {want!r}; expected fp32 or bf16 (or leave it unset)")
+    if want.startswith("bf") and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def _effective_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -69,10 +90,11 @@ def packed_linears(model: torch.nn.Module, rows: int) -> Iterator[None]:
         return
     patched = []
     try:
+        dtype = decode_dtype()
         with torch.no_grad():
             for module, weight, bias in _targets(model):
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
-                module.forward = _packed_forward(packed, None if bias is None else bias.detach())
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), rows)
+                module.forward = _packed_forward(packed, None if bias is None else bias.detach().to(dtype))
                 patched.append(module)
         yield
     finally:
@@ -82,7 +104,7 @@ def packed_linears(model: torch.nn.Module, rows: int) -> Iterator[None]:
 
 def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1]).to(packed.dtype)
         out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return out.to(x.dtype).reshape(*x.shape[:-1], out.shape[-1])
     return forward

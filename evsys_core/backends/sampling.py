@@ -136,10 +136,10 @@ class LocalSamplingClient(Ready):
                 for req in chunk:
                     req.done = True
 
-    def _new_cache(self) -> Any:
-        from transformers.cache_utils import DynamicCache
+    def _new_cache(self, capacity: int) -> Any:
+        from evsys_core.backends.kv_cache import reserved_cache
 
-        return DynamicCache(config=self._engine.model.config)
+        return reserved_cache(self._engine.model.config, capacity)
 
 
 def _chunks(reqs: list[SampleRequest], vocab: int) -> Iterator[list[SampleRequest]]:

@@ -234,10 +234,12 @@ class TinkerSamplingClient:
         return _call(self._sc.get_base_model, self._url)
 
     def sample(self, prompt: types.ModelInput, num_samples: int, sampling_params: types.SamplingParams,
-               include_prompt_logprobs: bool = False, topk_prompt_logprobs: int = 0) -> _Future:
+               include_prompt_logprobs: bool = False, topk_prompt_logprobs: int = 0,
+               prompt_logprobs_last_n: int | None = None) -> _Future:
+        extra = {} if prompt_logprobs_last_n is None else {"prompt_logprobs_last_n": prompt_logprobs_last_n}
         return _Future(_call(lambda: self._sc.sample(
             prompt, num_samples, sampling_params, include_prompt_logprobs=include_prompt_logprobs,
-            topk_prompt_logprobs=topk_prompt_logprobs), self._url), self._url)
+            topk_prompt_logprobs=topk_prompt_logprobs, **extra), self._url), self._url)
 
     def compute_logprobs(self, prompt: types.ModelInput) -> _Future:
         return _Future(_call(lambda: self._sc.compute_logprobs(prompt), self._url), self._url)
