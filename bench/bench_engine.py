@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     common.add_common_args(ap)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-train", action="store_true", help="skip the forward+backward table")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda (bf16 weights there)")
     args = ap.parse_args(argv)
     gen, seq = (16, 64) if args.quick else (64, 256)
 
@@ -54,11 +55,12 @@ def main(argv=None) -> int:
     from evsys_core.backends.models import ensure_converted, resolve_local_model
 
     loads = [common.load1()]
-    service = get_service("local", device="cpu", seed=0)
+    service = get_service("local", device=args.device, seed=0)
+    gpu = args.device != "cpu"
     sampler = service.create_sampling_client(base_model=common.MODEL)
     tok = sampler.get_tokenizer()
     hf = AutoModelForCausalLM.from_pretrained(str(ensure_converted(resolve_local_model(common.MODEL))),
-                                              dtype=torch.float32).eval()
+                                              dtype=torch.bfloat16 if gpu else torch.float32).eval().to(args.device)
     questions = [r["inputs"]["question"] for r in capitals.rows()]
     prompt_ids = [render.user_prompt_tokens(tok, q) for q in questions]
     params = types.SamplingParams(max_tokens=gen, temperature=1.0, stop=[], seed=0)
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
         def fn():
             with torch.inference_mode():
                 for p in prompt_ids[:n]:
-                    ids = torch.tensor([p])
+                    ids = torch.tensor([p], device=args.device)
                     out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                       temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=gen,
                                       min_new_tokens=gen, pad_token_id=tok.pad_token_id or 0)
@@ -113,10 +115,10 @@ def main(argv=None) -> int:
     loads.append(common.load1())
 
     f1 = lambda x: f"{x:.1f}"  # noqa: E731
-    cmd = "bench/bench_engine.py" + (" --quick" if args.quick else "")
+    cmd = "bench/bench_engine.py" + (" --quick" if args.quick else "") + (f" --device {args.device}" if gpu else "")
     lines = [
         f"## {TITLE}", "",
-        f"`{cmd}`: {common.MODEL} fp32 base weights, {threads} torch threads, {gen} new tokens per prompt "
+        f"`{cmd}`: {common.MODEL} {'bf16 on ' + args.device if gpu else 'fp32'} base weights, {threads} torch threads, {gen} new tokens per prompt "
         f"(temperature 1, no early stop), {args.reps} interleaved repetitions after a warm-up. "
         + common.conditions(loads[0], loads[-1]), "",
         "| prompts | evsys batched tok/s (min / median / max) | `generate` per prompt tok/s | "

@@ -90,10 +90,14 @@ def worker_evsys(args) -> dict:
     from evsys_core.data import PromptExample
 
     t0 = time.perf_counter()
-    params = SDFTParams(learning_rate=LR, batch_size=BATCH, lora_rank=RANK, topk=TOPK, max_tokens=MAX_TOKENS,
+    if args.scaling:  # the step-0 teacher ceiling (outside the measured steps) on one batch only
+        from evsys_core.benchmarks import ceiling
+
+        ceiling.MAX_PROMPTS = args.batch
+    params = SDFTParams(learning_rate=LR, batch_size=args.batch, lora_rank=RANK, topk=TOPK, max_tokens=args.max_tokens,
                         temperature=1.0, demo_template=capitals.DEMO_TEMPLATE, max_steps=args.steps)
     rows = [PromptExample(**r) for r in capitals.rows()]
-    service = get_service("local", device="cpu", seed=SEED)
+    service = get_service("local", device=args.device, seed=SEED)
     tc = service.create_lora_training_client(common.MODEL, rank=RANK)
     tok = tc.get_tokenizer()
     load_s = time.perf_counter() - t0
@@ -177,15 +181,16 @@ def worker_trl(args) -> dict:
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+    gpu = args.device != "cpu"
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16 if gpu else torch.float32)
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     rows = [{"prompt": [{"role": "user", "content": r["inputs"]["question"]}],
              "privileged_context": r["expected"]} for r in capitals.rows()]
     ds = Dataset.from_list(rows)
     cfg = SDFTConfig(
-        output_dir=str(common.CACHE / "trl-out"), per_device_train_batch_size=BATCH, num_generations=1,
-        gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=LR, bf16=False, fp16=False,
-        use_cpu=True, max_completion_length=MAX_TOKENS, temperature=1.0, top_k=0, top_p=1.0,
+        output_dir=str(common.CACHE / "trl-out"), per_device_train_batch_size=args.batch, num_generations=1,
+        gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=LR, bf16=gpu, fp16=False,
+        use_cpu=not gpu, max_completion_length=args.max_tokens, temperature=1.0, top_k=0, top_p=1.0,
         distillation_mode="topk_logits", distillation_topk=TOPK, distillation_alpha=0.0,
         teacher_model_kind="base", teacher_prompt_template="{prompt}\n\nHint: the answer is {privileged_context}.",
         logging_steps=1, save_strategy="no", report_to=[], seed=SEED, dataloader_num_workers=0,
@@ -283,10 +288,11 @@ def section(ev: dict, tr: dict | None, args, loads: list[float], note: str) -> s
     f1 = lambda x: f"{x:.1f}"  # noqa: E731
     f2 = lambda x: f"{x:.2f}"  # noqa: E731
     pct = lambda x: f"{x * 100:.1f}%"  # noqa: E731
-    cmd = "bench/bench_sdft.py" + (" --quick" if args.quick else "")
+    gpu = args.device != "cpu"
+    cmd = "bench/bench_sdft.py" + (" --quick" if args.quick else "") + (f" --device {args.device}" if gpu else "")
     lines = [
         f"## {TITLE}", "",
-        f"`{cmd}`: {common.MODEL} fp32, 64 capital prompts with the answer as privileged context, batch 8, "
+        f"`{cmd}`: {common.MODEL} {'bf16 on ' + args.device + ' (MFU below is against the CPU matmul rate: ignore it)' if gpu else 'fp32'}, 64 capital prompts with the answer as privileged context, batch 8, "
         f"LoRA r{RANK} all linear, <= {MAX_TOKENS} completion tokens, temperature 1, top-K {TOPK} forward-KL "
         f"distillation, frozen base teacher; {args.steps_run} steps each: 1 warm-up + {args.reps} measured, "
         f"{ev['threads']} torch threads on both sides, each side in its own process (evsys first). "
@@ -352,6 +358,78 @@ def section(ev: dict, tr: dict | None, args, loads: list[float], note: str) -> s
 NOTE_FILE = common.BENCH / "notes" / "sdft.md"
 
 
+# ------------------------------------------------------------------------------- scaling
+
+SCALING_TITLE = "B1s — SDFT step scaling vs TRL"
+SCALING_BATCHES, SCALING_TOKENS = (1, 8, 32), (32, 128)
+PLOT = common.BENCH / "plots" / "b1_scaling.png"
+PEER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1"}
+
+
+def scaling(args) -> int:
+    """B1's step at each batch x max_tokens, both sides, each in fresh processes: a table and a plot."""
+    threads = args.threads or common.usable_cores()
+    reps = 1 if args.quick else min(args.reps, 2)
+    mdir = model_dir()
+    import torch
+
+    common.set_threads(torch, threads)
+    peak = common.matmul_gflops(torch)
+    loads = [common.load1()]
+    have_trl = common.peers_available() and args.only != "evsys"
+    rows = []
+    for max_tokens in SCALING_TOKENS:
+        for batch in SCALING_BATCHES:
+            base = [str(Path(__file__).resolve()), "--steps", str(reps + 1), "--threads", str(threads),
+                    "--model-dir", mdir, "--batch", str(batch), "--max-tokens", str(max_tokens), "--scaling"]
+            ev = summarise(common.run_json([str(common.MAIN_PY), *base, "--worker", "evsys"], timeout=3600), reps, peak)
+            tr = None
+            if have_trl:
+                tr = summarise(common.run_json([str(common.PEERS_PY), *base, "--worker", "trl"], timeout=3600,
+                                               env=PEER_ENV), reps, peak)
+            rows.append((batch, max_tokens, ev, tr))
+            log(f"B1s batch {batch} x {max_tokens}: evsys {ev['seconds']} s, TRL {tr and tr['seconds']} s")
+    loads.append(common.load1())
+    med = lambda xs: common.stats(xs)[1]  # noqa: E731
+    lines = [f"## {SCALING_TITLE}", "",
+             f"`bench/bench_sdft.py --scaling{' --quick' if args.quick else ''}`: B1's SDFT step (same model, "
+             f"LoRA, top-K {TOPK}, temperature 1) at batch {', '.join(map(str, SCALING_BATCHES))} x at most "
+             f"{' or '.join(map(str, SCALING_TOKENS))} completion tokens; each point a fresh process per side, "
+             f"1 warm-up + {reps} measured step{'s' if reps > 1 else ''} (medians shown; a quick size: the "
+             f"ratios carry the noise of {reps} step{'s' if reps > 1 else ''}), {threads} torch threads. "
+             + common.conditions(loads[0], loads[-1]), "",
+             "| batch | max tokens | evsys s/step | TRL s/step | evsys tok/s | TRL tok/s | tok/s evsys / TRL "
+             "| evsys peak RSS | TRL peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
+    for batch, mt, ev, tr in rows:
+        if tr:
+            peer = [f"{med(tr['seconds']):.2f}", f"{med(tr['tok_s']):.1f}",
+                    f"{med(ev['tok_s']) / med(tr['tok_s']):.2f}x", f"{tr['rss_mb']:.0f} MB"]
+        else:
+            peer = ["—"] * 4
+        lines.append(f"| {batch} | {mt} | {med(ev['seconds']):.2f} | {peer[0]} | {med(ev['tok_s']):.1f} | "
+                     f"{peer[1]} | {peer[2]} | {ev['rss_mb']:.0f} MB | {peer[3]} |")
+    if not have_trl:
+        lines += ["", "TRL was not measured: bench/.venv-peers is missing (`make bench-peers` sets it up)."]
+    from evsys_core import plotting
+
+    if plotting.available():
+        panels = []
+        for key, title in (("seconds", "seconds per step"), ("tok_s", "completion tokens/s")):
+            series = []
+            for mt in SCALING_TOKENS:
+                for side, idx in (("evsys", 2), ("TRL", 3)):
+                    pts = [(b * mt, med(r[idx][key])) for r in rows if r[1] == mt and r[idx] for b in [r[0]]]
+                    if pts:
+                        series.append((f"{side}, <= {mt} tokens", pts))
+            panels.append(plotting.Panel(title, series, ylabel=title, xlabel="batch x max tokens (log)", logx=True))
+        PLOT.parent.mkdir(exist_ok=True)
+        plotting.draw(panels, PLOT, size=(10, 4))
+        lines += ["", f"![B1 scaling]({PLOT.relative_to(common.BENCH)})"]
+    common.finish(SCALING_TITLE, "\n".join(lines) + "\n", args)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(ap)
@@ -360,6 +438,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: cores)")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--only", choices=["evsys", "trl"], default=None)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: both sides on it (bf16 on cuda)")
+    ap.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=argparse.SUPPRESS)
+    ap.add_argument("--scaling", action="store_true",
+                    help=f"B1 at batch {SCALING_BATCHES} x max_tokens {SCALING_TOKENS} instead (section '{SCALING_TITLE}')")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps = min(args.reps, 5)
@@ -368,6 +451,8 @@ def main(argv=None) -> int:
         res = worker_evsys(args) if args.worker == "evsys" else worker_trl(args)
         common.emit(res)
         return 0
+    if args.scaling:
+        return scaling(args)
 
     threads = args.threads or common.usable_cores()
     mdir = model_dir()
@@ -377,7 +462,7 @@ def main(argv=None) -> int:
     peak = common.matmul_gflops(torch)  # MFU's denominator, one figure for both sides
     loads = [common.load1()]
     base = [str(Path(__file__).resolve()), "--steps", str(args.steps), "--threads", str(threads),
-            "--model-dir", mdir]
+            "--model-dir", mdir, "--device", args.device]
     ev = tr = None
     if args.only != "trl":
         log(f"B1 evsys: {args.steps} steps on {threads} threads")

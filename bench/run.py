@@ -28,14 +28,16 @@ import common  # noqa: E402
 # index that B5, B6 and B3 (`evsys runs`) read.
 BENCHES = [
     ("B1", "B1 — SDFT step vs TRL", "bench_sdft.py"),
+    ("B1s", "B1s — SDFT step scaling vs TRL", "bench_sdft.py --scaling"),
     ("B2", "B2 — sampling vs transformers generate", "bench_engine.py"),
     ("AB", "Engine changes, A/B", "bench_ab.py"),
     ("B4", "B4 — history at scale", "bench_history.py"),
     ("B5", "B5 — MCP latency", "bench_mcp.py"),
     ("B6", "B6 — ui page latency", "bench_ui.py"),
     ("B3", "B3 — start-up", "bench_startup.py"),
+    ("GPU", "GPU check", "gpu_check.py"),
 ]
-ORDER = ["B1", "AB", "B2", "B3", "B4", "B5", "B6"]  # in RESULTS.md
+ORDER = ["B1", "B1s", "AB", "B2", "B3", "B4", "B5", "B6", "GPU"]  # in RESULTS.md
 
 
 def old_sections() -> dict[str, str]:
@@ -99,10 +101,12 @@ def main(argv=None) -> int:
                     sections[bid] = old[title]
                 continue
             out = Path(tmp) / f"{bid}.md"
-            cmd = [sys.executable, str(common.BENCH / script), "--reps", str(args.reps), "--section-out", str(out)]
+            script, *extra = script.split()
+            cmd = [sys.executable, str(common.BENCH / script), *extra, "--reps", str(args.reps),
+                   "--section-out", str(out)]
             if args.quick:
                 cmd.append("--quick")
-            if args.threads and bid in ("B1", "B2", "AB"):
+            if args.threads and bid in ("B1", "B1s", "B2", "AB"):
                 cmd += ["--threads", str(args.threads)]
             common.log(f"== {bid}: {' '.join(cmd[1:])}")
             t0 = time.perf_counter()

@@ -214,6 +214,25 @@ def test_sdft_teacher_sees_the_gold_answer_and_the_student_does_not(tiny_model_d
     assert "Brazil" in teacher and "Hint: the answer is Brasilia." in teacher
 
 
+def test_sdft_teacher_targets_asked_for_the_completion_only_equal_those_of_the_whole_prompt(tiny_model_dir):
+    """SDFT asks the teacher for top-K at the completion positions only (prompt_logprobs_last_n);
+    the distillation targets are the ones a request for every position gives."""
+    import numpy as np
+    from tinker import types
+
+    from evsys_core.algorithms.sdft import teacher_topk
+    from evsys_core.backends import get_service
+
+    sc = get_service("local", device="cpu", seed=0).create_sampling_client(base_model=str(tiny_model_dir))
+    tp, c = list(range(5, 30)), [40, 41, 42, 7, 9]
+    score = types.SamplingParams(max_tokens=1, temperature=0.0)
+    full, last = [sc.sample(types.ModelInput.from_ints(tp + c), 1, score, include_prompt_logprobs=True,
+                            topk_prompt_logprobs=5, prompt_logprobs_last_n=n).result() for n in (None, len(c))]
+    (ids_f, p_f), (ids_l, p_l) = teacher_topk(full, len(tp), len(c), 5), teacher_topk(last, len(tp), len(c), 5)
+    assert (ids_f == ids_l).all() and np.allclose(p_f, p_l, atol=1e-6) and p_f.sum() > 0
+    assert last.topk_prompt_logprobs[len(tp) - 1] is None and full.topk_prompt_logprobs[len(tp) - 1] is not None
+
+
 def test_inputs_named_like_the_demo_templates_own_fields_train(tmp_path, tiny_model_dir, capsys):
     """Rows whose inputs hold `prompt` and `expected` (the demo_template's own names) used to
     pass validate and crash the run ("got multiple values for keyword argument 'prompt'");
