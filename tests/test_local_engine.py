@@ -399,7 +399,7 @@ def test_packed_linears_compute_the_model_with_its_adapter_merged_and_restore_it
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing written
 
 
-def test_bf16_decode_weights_are_an_opt_in_that_needs_native_bf16(monkeypatch):
+def test_bf16_decode_weights_are_an_opt_in_that_needs_native_bf16(monkeypatch, tiny_model_dir):
     from evsys_core.backends import packed
 
     assert packed.decode_dtype() == torch.float32  # the default
@@ -408,7 +408,7 @@ def test_bf16_decode_weights_are_an_opt_in_that_needs_native_bf16(monkeypatch):
     assert packed.decode_dtype() == (torch.bfloat16 if native else torch.float32)
     monkeypatch.setenv("EVSYS_DECODE_DTYPE", "fp8")
     with pytest.raises(BackendError, match="EVSYS_DECODE_DTYPE is 'fp8'; expected fp32 or bf16"):
-        packed.decode_dtype()
+        get_service("local", device="cpu", seed=0).create_lora_training_client(str(tiny_model_dir), rank=4)
 
 
 def test_long_decodes_with_packed_weights_give_the_trained_models_logprobs(tc, tok):

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from evsys_core.backends.models import ModelSource, load_model
+from evsys_core.backends.packed import decode_dtype
 from evsys_core.errors import BackendError
 
 LORA_ALPHA = 32
@@ -46,6 +47,7 @@ class Engine:
 
     def __init__(self, name: str, source: ModelSource, device: str):
         self.name, self.source, self.device = name, source, device
+        decode_dtype()  # a bad EVSYS_DECODE_DTYPE is refused here, before any work
         self.model, self.tokenizer = load_model(source, device)
         self.peft: Any = None
         self.rank: int | None = None
