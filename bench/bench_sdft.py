@@ -290,9 +290,10 @@ def section(ev: dict, tr: dict | None, args, loads: list[float], note: str) -> s
     pct = lambda x: f"{x * 100:.1f}%"  # noqa: E731
     gpu = args.device != "cpu"
     cmd = "bench/bench_sdft.py" + (" --quick" if args.quick else "") + (f" --device {args.device}" if gpu else "")
+    dtype = f"bf16 on {args.device} (MFU below is against the CPU matmul rate: ignore it)" if gpu else "fp32"
     lines = [
         f"## {TITLE}", "",
-        f"`{cmd}`: {common.MODEL} {'bf16 on ' + args.device + ' (MFU below is against the CPU matmul rate: ignore it)' if gpu else 'fp32'}, 64 capital prompts with the answer as privileged context, batch 8, "
+        f"`{cmd}`: {common.MODEL} {dtype}, 64 capital prompts with the answer as privileged context, batch 8, "
         f"LoRA r{RANK} all linear, <= {MAX_TOKENS} completion tokens, temperature 1, top-K {TOPK} forward-KL "
         f"distillation, frozen base teacher; {args.steps_run} steps each: 1 warm-up + {args.reps} measured, "
         f"{ev['threads']} torch threads on both sides, each side in its own process (evsys first). "

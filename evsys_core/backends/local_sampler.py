@@ -8,7 +8,9 @@
   row's own part follows, left-padded after it (padding in the middle is masked out, and
   positions are each token's own);
 - prompt logprobs and top-K prompt logprobs come from that same prefill (all of the prompt,
-  or its last N tokens);
+  or its last N tokens), whose lm_head runs only at those positions and the last one;
+- the KV cache has room reserved for the whole decode (kv_cache.py), so a step writes its
+  keys and values in place instead of copying the cache;
 - every row then decodes with its own temperature / top_k / top_p / stop / max_tokens (and,
   only when a request asks for them, the top-K logprobs at each sampled position);
 - a decode still going after PACK_AFTER_STEPS steps switches to packed oneDNN weights with
@@ -229,7 +231,8 @@ def generate(model: Any, reqs: Sequence[SampleRequest], *, tokenizer: Any, eos_i
              ) -> list[types.SampleResponse]:
     """Answer `reqs` as one batch (see the module docstring). Call under torch.inference_mode().
 
-    `new_cache(capacity)` makes an empty KV cache for sequences of up to `capacity` tokens; `cache_kw` is the model's keyword for it
+    `new_cache(capacity)` makes an empty KV cache for rows of up to `capacity` tokens;
+    `cache_kw` is the model's keyword for it
     ("cache" in transformers 5, "past_key_values" before)."""
     # Prefill: the shared prefix once, then each prompt's own part, left-padded after it. Logits
     # only at the positions read: the last one, and those a request's prompt scores need.
