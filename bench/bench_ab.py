@@ -309,6 +309,9 @@ def main(argv=None) -> int:
               "| decode weights | max | mean | tokens |", "|---|---|---|---|"]
     for name, r in agreement.items():
         lines.append(f"| {name} | {r['max']:.2e} | {r['mean']:.2e} | {r['n']} |")
+    note = common.BENCH / "notes" / "ab.md"
+    if note.exists():
+        lines += ["", note.read_text().strip()]
     common.finish(TITLE, "\n".join(lines) + "\n", args)
     return 0
 
