@@ -392,9 +392,16 @@ def scaling(args) -> int:
             rows.append((batch, max_tokens, ev, tr))
             log(f"B1s batch {batch} x {max_tokens}: evsys {ev['seconds']} s, TRL {tr and tr['seconds']} s")
     loads.append(common.load1())
+    common.finish(SCALING_TITLE, scaling_section(rows, reps, threads, loads, args.quick, have_trl), args)
+    return 0
+
+
+def scaling_section(rows: list, reps: int, threads: int, loads: list[float], quick: bool, have_trl: bool,
+                    plot: Path = PLOT) -> str:
+    """The B1s section: a row per (batch, max_tokens) point and, with matplotlib, `plot`."""
     med = lambda xs: common.stats(xs)[1]  # noqa: E731
     lines = [f"## {SCALING_TITLE}", "",
-             f"`bench/bench_sdft.py --scaling{' --quick' if args.quick else ''}`: B1's SDFT step (same model, "
+             f"`bench/bench_sdft.py --scaling{' --quick' if quick else ''}`: B1's SDFT step (same model, "
              f"LoRA, top-K {TOPK}, temperature 1) at batch {', '.join(map(str, SCALING_BATCHES))} x at most "
              f"{' or '.join(map(str, SCALING_TOKENS))} completion tokens; each point a fresh process per side, "
              f"1 warm-up + {reps} measured step{'s' if reps > 1 else ''} (medians shown; a quick size: the "
@@ -420,15 +427,14 @@ def scaling(args) -> int:
             series = []
             for mt in SCALING_TOKENS:
                 for side, idx in (("evsys", 2), ("TRL", 3)):
-                    pts = [(b * mt, med(r[idx][key])) for r in rows if r[1] == mt and r[idx] for b in [r[0]]]
+                    pts = [(r[0] * mt, med(r[idx][key])) for r in rows if r[1] == mt and r[idx]]
                     if pts:
                         series.append((f"{side}, <= {mt} tokens", pts))
             panels.append(plotting.Panel(title, series, ylabel=title, xlabel="batch x max tokens (log)", logx=True))
-        PLOT.parent.mkdir(exist_ok=True)
-        plotting.draw(panels, PLOT, size=(10, 4))
-        lines += ["", f"![B1 scaling]({PLOT.relative_to(common.BENCH)})"]
-    common.finish(SCALING_TITLE, "\n".join(lines) + "\n", args)
-    return 0
+        plot.parent.mkdir(exist_ok=True)
+        plotting.draw(panels, plot, size=(10, 4))
+        lines += ["", f"![B1 scaling]({plot.relative_to(common.BENCH) if plot.is_relative_to(common.BENCH) else plot})"]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
