@@ -572,3 +572,28 @@ def test_group_against_a_run(gbase: str) -> None:
     assert "Per task: strong against solo" in body
     code, body, _ = get(f"{gbase}/compare?run=g0000bbbb&run=gnosuchgroup")
     assert code == 400 and "no run or replicate group with id &#x27;gnosuchgroup&#x27;" in body
+
+
+def test_a_group_with_unfinished_runs(tmp_path: Path) -> None:
+    """A group's mean and interval are over its completed runs only; its row says how many of
+    each status; a group with no completed run cannot be compared yet (400 naming it)."""
+    out = tmp_path / "outputs"
+    make_group(out, "mixed", "g0000cccc", 1e-4, WEAK)
+    make_group(out, "fresh", "g0000dddd", 3e-4, STRONG[:1])
+    for name, status in (("mixed-s2", "interrupted"), ("fresh-s0", "failed")):
+        info = json.loads((out / name / rundir.RUN_JSON).read_text())
+        rundir.write_json_atomic(out / name / rundir.RUN_JSON, {**info, "status": status})
+    age(tmp_path)
+    server = serve(tmp_path)
+    try:
+        url = server.url.rstrip("/")
+        body = get(url + "/")[1]
+        row = re.search(r"<tr class=group data-group='g0000cccc'>(.*?)</tr>", body).group(1)
+        assert ">2 completed, 1 interrupted</span>" in row
+        mean = (sum(WEAK[0]) + sum(WEAK[1])) / 60  # seeds 0 and 1 only
+        assert f">{mean:.4g}<small> ± " in row and ", 2 runs'" in row
+        code, body, _ = get(f"{url}/compare?run=g0000dddd&run=g0000cccc")
+        assert code == 400 and "group &#x27;fresh&#x27; (g0000dddd) has no completed run yet" in body
+    finally:
+        server.shutdown()
+        server.server_close()
