@@ -61,12 +61,11 @@ def write_run(out: Path, name: str, algo: str, lr: float, steps: int, skill: flo
             metrics.append({"step": s, "split": "val", "metrics": {
                 KEY: round(p, 4), f"{KEY}_stderr": round(se, 4), f"val/{BENCH}/n_tasks": 40}})
             for t, ok in zip(TASKS, passed):
-                city, country = t["verifier"]["expected"], t["instruction"].split("?")[0]
+                wrong = r.choice(("I am not sure which city that is.",
+                                  "Its largest city, I think."))
                 preds.append({"step": s, "task_id": t["task_id"], "instruction": t["instruction"],
                               "sample": 0, "score": float(ok), "passed": ok, "reason": None,
-                              "answer": f"{city}." if ok else "I am not sure which city that is."
-                              if r.random() < 0.5 else f"{country.split()[-1]}? Perhaps its "
-                              "largest city."})
+                              "answer": f"{t['verifier']['expected']}." if ok else wrong})
     (d / rundir.METRICS).write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (d / rundir.PREDICTIONS / f"{BENCH}.jsonl").write_text(
         "".join(json.dumps(p) + "\n" for p in preds))
@@ -136,6 +135,10 @@ def main() -> int:
     finally:
         driver.quit()
         shutil.rmtree(ws, ignore_errors=True)
+    from PIL import Image  # matplotlib's dependency: 64 colours keep the files small
+
+    for p in sorted(img.glob("ui-*.png")):
+        Image.open(p).convert("RGB").quantize(64).save(p, optimize=True)
     print(f"wrote {', '.join(p.name for p in sorted(img.glob('ui-*.png')))} in {img}")
     return 0
 

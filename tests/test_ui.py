@@ -593,7 +593,7 @@ def test_a_group_with_unfinished_runs(tmp_path: Path) -> None:
         mean = (sum(WEAK[0]) + sum(WEAK[1])) / 60  # seeds 0 and 1 only
         assert f">{mean:.4g}<small> ± " in row and ", 2 runs'" in row
         code, body, _ = get(f"{url}/compare?run=g0000dddd&run=g0000cccc")
-        assert code == 400 and "group &#x27;fresh&#x27; (g0000dddd) has no completed run yet" in body
+        assert code == 400 and "group fresh (g0000dddd) has no completed run yet" in body
     finally:
         server.shutdown()
         server.server_close()

@@ -349,7 +349,7 @@ def compare_page(d: dict[str, Any]) -> str:
     runs = d["runs"]
     names = [r["name"] for r in runs]
     legend = "<ol class=legend>" + "".join(
-        f"<li data-side='{e(r['id'])}'><svg class=swatch viewBox='0 0 10 10'><rect width=10 "
+        f"<li data-side='{e(r['run_id'])}'><svg class=swatch viewBox='0 0 10 10'><rect width=10 "
         f"height=10 fill='{COLORS[i % len(COLORS)]}'></rect></svg>" + _side(r)
         + (" <em>(base)</em>" if i == 0 else "") + "</li>"
         for i, r in enumerate(runs)) + "</ol>"
@@ -406,7 +406,7 @@ def _side(r: dict[str, Any]) -> str:
         return (f"<a href='{link('/run', {'id': r['run_id']})}'>{e(r['name'])}</a> "
                 f"{status_badge(r['run_id'], r['status'])}")
     runs = ", ".join(f"<a href='{link('/run', {'id': m['run_id']})}'>{e(m['name'])}</a>"
-                     for m in r["members"])
+                     for m in r["rows"])
     return (f"<strong class=group-name>{e(r['name'])}</strong> <small>replicate group, "
             f"{e(r['status'])}: {runs}</small>")
 

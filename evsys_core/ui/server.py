@@ -3,7 +3,8 @@
 Routes (GET and HEAD only; every other method is refused with 405):
   /                          the runs table; filters and sort are in the query string
   /run?id=RUN_ID[&eval=N]    one run; `eval` picks which evaluation's predictions to list
-  /compare?run=ID&run=ID...  two to eight runs side by side, the first one as the base
+  /compare?run=ID&run=ID...  two to eight runs or replicate groups (by id) side by side, the
+                             first one as the base
   /api/status?id=ID...       JSON: status and step of these runs (the pages poll it)
   /api/log?id=ID             JSON: the last lines of a run's train.log
   /static/NAME               the CSS and JS shipped in evsys_core/ui/static/
@@ -75,7 +76,8 @@ def interval(value: Any, stderr: Any) -> tuple[float, float] | None:
 
 
 def compare_pair(con: Any, workspace: Path, base: str, cand: str) -> dict[str, Any]:
-    """The history's comparison of two runs (`reports.compare`): {runs: [base, cand], config:
+    """The history's comparison of two sides, each a run or a replicate group
+    (`reports.compare`): {runs: [base, cand], config:
     [{key, values}], config_keys_same, verdicts: {metric key: the paired entry: delta,
     ci_low, ci_high, p_value, n_tasks, verdict (None without per-task predictions), note}}."""
     cmp = reports.compare(con, workspace, base, cand)
@@ -355,7 +357,7 @@ class Source:
                              f"(run=ID&run=ID), got {len(ids)}; tick them in the runs table")
 
         def read(con: Any) -> dict[str, Any]:
-            sides = _sides(con, ids)
+            sides = _sides(con, self.workspace, ids)
             pairs = [{"base": ids[0], "cand": c, **compare_pair(con, self.workspace, ids[0], c)}
                      for c in ids[1:]]
             config: dict[str, list] = {}  # a key differs between some sides iff from the base
@@ -369,13 +371,13 @@ class Source:
                         values[i + 1] = values[0]
             members = [m for s in sides for m in s["run_ids"]]
             finals = _finals(con, members)
-            gm = replicate_groups(con, [s["id"] for s in sides if s["kind"] == "group"],
+            gm = replicate_groups(con, [s["run_id"] for s in sides if s["kind"] == "group"],
                                   [k for f in finals.values() for k in f])
             keys = sorted({k for f in finals.values() for k in f if not stats.is_companion(k)},
                           key=lambda k: (finals_split(finals, k) == "train", k))
             metrics = [{"key": k, "split": finals_split(finals, k), "values": [
-                _with_ci({x: v for x, (_, v) in finals[s["id"]].items()}, k)
-                if s["kind"] == "run" else gm[s["id"]]["metrics"].get(
+                _with_ci({x: v for x, (_, v) in finals[s["run_id"]].items()}, k)
+                if s["kind"] == "run" else gm[s["run_id"]]["metrics"].get(
                     k, {"value": None, "ci": None, "n": None}) for s in sides]} for k in keys]
             by_run = _curves(con, members)
             rates = _task_rates(con, members)
@@ -647,36 +649,17 @@ def _task_rates(con: Any, ids: list[str]) -> dict[str, dict[str, dict[str, tuple
     return out
 
 
-def _sides(con: Any, ids: list[str]) -> list[dict[str, Any]]:
-    """Each id as a side of a comparison: a run ({kind: run, run_ids: [it]}) or a replicate
-    group ({kind: group, run_ids: its completed runs}); a run's id wins over a group's."""
-    runs = {r["run_id"]: r for r in _dicts(con.execute(
-        "SELECT run_id, name, status, path, steps, seed FROM runs WHERE run_id IN "
-        "(SELECT unnest(?::VARCHAR[]))", [ids]))}
-    grouped = {g["group_id"]: g for g in _dicts(con.execute(
-        "SELECT group_id, group_name, n_runs, seeds FROM groups WHERE group_id IN "
-        "(SELECT unnest(?::VARCHAR[]))", [ids]))}
-    sides = []
+def _sides(con: Any, workspace: Path, ids: list[str]) -> list[dict[str, Any]]:
+    """Each id, exactly a run's or a replicate group's, as the history's compare takes it
+    (`reports.side`: a run, or a group standing for its completed runs)."""
+    known = {i for (i,) in con.execute(
+        "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) UNION "
+        "SELECT group_id FROM groups WHERE group_id IN (SELECT unnest(?::VARCHAR[]))",
+        [ids, ids]).fetchall()}
     for i in ids:
-        if i in runs:
-            r = runs[i]
-            sides.append({"kind": "run", "id": i, "run_id": i, "name": r["name"],
-                          "status": r["status"], "run_ids": [i], "members": []})
-        elif i in grouped:
-            g = grouped[i]
-            members = _dicts(con.execute(
-                "SELECT run_id, name, status, seed FROM runs WHERE group_id = ? "
-                "ORDER BY seed NULLS LAST, name", [i]))
-            done = [m["run_id"] for m in members if m["status"] == "completed"]
-            if not done:
-                raise BadRequest(f"group {g['group_name']!r} ({i}) has no completed run yet; "
-                                 "compare it once one has completed")
-            sides.append({"kind": "group", "id": i, "run_id": i, "name": g["group_name"] or i,
-                          "status": f"{len(done)}/{g['n_runs']} completed", "run_ids": done,
-                          "members": members})
-        else:
+        if i not in known:
             raise BadRequest(f"no run or replicate group with id {i[:80]!r} in this workspace")
-    return sides
+    return [reports.side(con, workspace, i) for i in ids]
 
 
 def _pooled_rates(per_run: list[dict[str, dict[str, tuple]]]) -> dict[str, dict[str, tuple]]:
