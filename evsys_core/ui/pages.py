@@ -406,7 +406,7 @@ def _side(r: dict[str, Any]) -> str:
         return (f"<a href='{link('/run', {'id': r['run_id']})}'>{e(r['name'])}</a> "
                 f"{status_badge(r['run_id'], r['status'])}")
     runs = ", ".join(f"<a href='{link('/run', {'id': m['run_id']})}'>{e(m['name'])}</a>"
-                     for m in r["rows"])
+                     for m in r["members"])
     return (f"<strong class=group-name>{e(r['name'])}</strong> <small>replicate group, "
             f"{e(r['status'])}: {runs}</small>")
 

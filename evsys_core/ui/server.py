@@ -357,9 +357,10 @@ class Source:
                              f"(run=ID&run=ID), got {len(ids)}; tick them in the runs table")
 
         def read(con: Any) -> dict[str, Any]:
-            sides = _sides(con, self.workspace, ids)
+            _check_ids(con, ids)
             pairs = [{"base": ids[0], "cand": c, **compare_pair(con, self.workspace, ids[0], c)}
                      for c in ids[1:]]
+            sides = [pairs[0]["runs"][0]] + [p["runs"][1] for p in pairs]
             config: dict[str, list] = {}  # a key differs between some sides iff from the base
             for i, p in enumerate(pairs):
                 for c in p["config"]:
@@ -370,6 +371,10 @@ class Source:
                     if key not in {c["key"] for c in p["config"]}:
                         values[i + 1] = values[0]
             members = [m for s in sides for m in s["run_ids"]]
+            names = dict(con.execute("SELECT run_id, name FROM runs WHERE run_id IN "
+                                     "(SELECT unnest(?::VARCHAR[]))", [members]).fetchall())
+            for s in sides:
+                s["members"] = [{"run_id": m, "name": names.get(m)} for m in s["run_ids"]]
             finals = _finals(con, members)
             gm = replicate_groups(con, [s["run_id"] for s in sides if s["kind"] == "group"],
                                   [k for f in finals.values() for k in f])
@@ -649,9 +654,8 @@ def _task_rates(con: Any, ids: list[str]) -> dict[str, dict[str, dict[str, tuple
     return out
 
 
-def _sides(con: Any, workspace: Path, ids: list[str]) -> list[dict[str, Any]]:
-    """Each id, exactly a run's or a replicate group's, as the history's compare takes it
-    (`reports.side`: a run, or a group standing for its completed runs)."""
+def _check_ids(con: Any, ids: list[str]) -> None:
+    """Each id must be exactly a run's or a replicate group's (no names, prefixes or paths)."""
     known = {i for (i,) in con.execute(
         "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) UNION "
         "SELECT group_id FROM groups WHERE group_id IN (SELECT unnest(?::VARCHAR[]))",
@@ -659,7 +663,6 @@ def _sides(con: Any, workspace: Path, ids: list[str]) -> list[dict[str, Any]]:
     for i in ids:
         if i not in known:
             raise BadRequest(f"no run or replicate group with id {i[:80]!r} in this workspace")
-    return [reports.side(con, workspace, i) for i in ids]
 
 
 def _pooled_rates(per_run: list[dict[str, dict[str, tuple]]]) -> dict[str, dict[str, tuple]]:
