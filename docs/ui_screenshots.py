@@ -74,7 +74,8 @@ def write_run(out: Path, name: str, algo: str, lr: float, steps: int, skill: flo
             "ended_at": start + 40 * done if status == "completed" else None,
             "algorithm": algo, "model": "SmolLM2-135M-Instruct", "backend": "local",
             "git_commit": "0" * 40, "step": done, "max_steps": steps, "seed": seed,
-            "pid": os.getpid() if status == "running" else None, "config_path": "config.yaml", "final_metrics": {}}
+            "pid": os.getpid() if status == "running" else None, "config_path": "config.yaml",
+            "final_metrics": {}}
     if group:
         info.update(group_id="g" + hashlib.sha1(group.encode()).hexdigest()[:8], group_name=group)
     rundir.write_json_atomic(d / rundir.RUN_JSON, info)

@@ -519,7 +519,8 @@ def test_browser_groups_on_the_runs_page_expand_to_their_runs(browser, gbase: st
     members = "#runs tr.member[data-member-of=g0000aaaa]"
     assert not any(tr.is_displayed() for tr in browser.find_elements(By.CSS_SELECTOR, members))
     row.find_element(By.CSS_SELECTOR, "button.expand").click()
-    wait(browser, lambda d: all(tr.is_displayed() for tr in d.find_elements(By.CSS_SELECTOR, members)))
+    wait(browser, lambda d: all(tr.is_displayed()
+                                for tr in d.find_elements(By.CSS_SELECTOR, members)))
     assert row_names(browser) == ["strong", "solo", "weak", "weak-s0", "weak-s1", "weak-s2"]
     shown = [tr.find_element(By.CSS_SELECTOR, "td.num").text
              for tr in browser.find_elements(By.CSS_SELECTOR, members)]

@@ -125,8 +125,8 @@ def runs_page(data: dict[str, Any], q: Any) -> str:
     total, page, size = data["total"], data["page"], data["page_size"]
     last = max(1, -(-total // size))
     n_groups = sum(r["kind"] == "group" for r in data["rows"])
-    nav = f"<span class=count>{data['n_runs']} runs" + (
-        f" in {total} row{'s' if total != 1 else ''}" if total != data["n_runs"] else "") + "</span>"
+    rows = f" in {total} row{'s' if total != 1 else ''}" if total != data["n_runs"] else ""
+    nav = f"<span class=count>{data['n_runs']} runs{rows}</span>"
     if page > 1:
         nav += f" <a rel=prev href='{link('/', q.params(page=page - 1))}'>← newer</a>"
     if last > 1:

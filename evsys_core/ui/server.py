@@ -38,7 +38,7 @@ from evsys_core.errors import EvsysError, UsageError
 from evsys_core.history import reports
 from evsys_core.history.ingest import flatten
 from evsys_core.history.index import Index, open_index
-from evsys_core.ui import pages
+from evsys_core.ui import groups, pages
 
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
@@ -64,8 +64,9 @@ HEADERS = {
 }
 
 # --------------------------------------------------------------------------------------------
-# The seams: what the page shows of uncertainty, verdicts, replicate groups and logs comes from
-# exactly one call each, so that each is swapped for its owner's function in one place.
+# The seams: what the page shows of uncertainty, verdicts and logs comes from exactly one call
+# each, so that each is swapped for its owner's function in one place (replicate groups are
+# read in groups.py).
 
 
 def interval(value: Any, stderr: Any) -> tuple[float, float] | None:
@@ -84,23 +85,6 @@ def compare_pair(con: Any, workspace: Path, base: str, cand: str) -> dict[str, A
     return {"runs": cmp["runs"], "config": cmp["config"],
             "config_keys_same": cmp["config_keys_same"],
             "verdicts": {m["key"]: m for m in cmp["metrics"]}}
-
-
-def replicate_groups(con: Any, group_ids: list[str], keys: Sequence[str]
-                     ) -> dict[str, dict[str, Any]]:
-    """Each group's row of the index's `groups` view, and per metric key its mean over the
-    group's completed runs with the 95% t-interval, from the `group_metrics` view."""
-    if not group_ids:
-        return {}
-    out = {g["group_id"]: {**g, "metrics": {}} for g in _dicts(con.execute(
-        "SELECT * FROM groups WHERE group_id IN (SELECT unnest(?::VARCHAR[]))", [group_ids]))}
-    for gid, key, n, mean, lo, hi in con.execute(
-        "SELECT group_id, key, n_runs, mean, ci95_low, ci95_high FROM group_metrics WHERE "
-        "group_id IN (SELECT unnest(?::VARCHAR[])) AND key IN (SELECT unnest(?::VARCHAR[]))",
-        [group_ids, list(keys)]).fetchall():
-        out[gid]["metrics"][key] = {"value": mean, "ci": (lo, hi) if _num(lo) and _num(hi)
-                                    else None, "n": n, "unit": "runs"}
-    return out
 
 
 def log_tail(path: Path, lines: int) -> tuple[list[str], bool]:
@@ -259,12 +243,12 @@ class Source:
             metric_cols = _unique(meta["eval_keys"] + [k for k in used if known.kind(k) == "metric"])
             param_cols = _unique(meta["param_cols"] + [k for k in used if known.kind(k) == "param"])
             group_ids = [r[1] for r in rows if r[1] is not None]
-            members = _group_members(con, group_ids)
-            groups = replicate_groups(con, group_ids, metric_cols)
+            members = groups.members(con, group_ids)
+            stats_of = groups.statistics(con, group_ids, metric_cols)
             ids = [r[0] for r in rows if r[1] is None] + [m for g in group_ids for m in members[g]]
             runs = _run_rows(con, ids, metric_cols, param_cols)
-            shown = [runs[item] if gid is None else _group_row(
-                groups[gid], [runs[m] for m in members[gid]], metric_cols, param_cols)
+            shown = [runs[item] if gid is None else groups.row(
+                stats_of[gid], [runs[m] for m in members[gid]], metric_cols, param_cols)
                 for item, gid, *_ in rows]
             return {"rows": shown, "total": total or 0, "n_runs": n_runs or 0, "page": q.page,
                     "page_size": PAGE_SIZE, "metric_cols": metric_cols, "param_cols": param_cols,
@@ -376,7 +360,7 @@ class Source:
             for s in sides:
                 s["members"] = [{"run_id": m, "name": names.get(m)} for m in s["run_ids"]]
             finals = _finals(con, members)
-            gm = replicate_groups(con, [s["run_id"] for s in sides if s["kind"] == "group"],
+            gm = groups.statistics(con, [s["run_id"] for s in sides if s["kind"] == "group"],
                                   [k for f in finals.values() for k in f])
             keys = sorted({k for f in finals.values() for k in f if not stats.is_companion(k)},
                           key=lambda k: (finals_split(finals, k) == "train", k))
@@ -386,13 +370,14 @@ class Source:
                     k, {"value": None, "ci": None, "n": None}) for s in sides]} for k in keys]
             by_run = _curves(con, members)
             rates = _task_rates(con, members)
-            side_rates = [_pooled_rates([rates[m] for m in s["run_ids"]]) for s in sides]
+            side_rates = [groups.pooled_rates([rates[m] for m in s["run_ids"]]) for s in sides]
             for i, p in enumerate(pairs):
                 p["tasks"] = _task_diff(side_rates[0], side_rates[i + 1])
             return {"runs": sides, "metrics": metrics, "pairs": pairs,
                     "config": [{"key": k, "values": v} for k, v in sorted(config.items())],
                     "config_keys_same": pairs[0]["config_keys_same"] if len(pairs) == 1 else None,
-                    "curves": [_mean_curves([by_run[m] for m in s["run_ids"]]) for s in sides]}
+                    "curves": [groups.mean_curves([by_run[m] for m in s["run_ids"]])
+                               for s in sides]}
 
         return self._read(read)
 
@@ -498,7 +483,8 @@ class Keys:
                 return sub + "contains(lower(value_text), lower(?)))", [key, raw], key
             return sub + f"value_text {OPS[op]} ?)", [key, raw], key
         # a metric, on rows (i): a run's final value, a group's mean (a number, never text)
-        run = "i.group_id IS NULL AND i.item IN (SELECT run_id FROM metric_summary WHERE key = ? AND "
+        run = ("i.group_id IS NULL AND i.item IN (SELECT run_id FROM metric_summary "
+               "WHERE key = ? AND ")
         if num is not None:
             return (f"(({run}final_value {OPS[op]} ?)) OR (i.group_id IS NOT NULL AND i.item IN "
                     f"(SELECT group_id FROM group_metrics WHERE key = ? AND mean {OPS[op]} ?)))",
@@ -506,16 +492,6 @@ class Keys:
         if op == "~":
             return f"({run}contains(lower(final_text), lower(?))))", [key, raw], key
         return f"({run}final_text {OPS[op]} ?))", [key, raw], key
-
-
-def _group_members(con: Any, group_ids: list[str]) -> dict[str, list[str]]:
-    """group id -> its runs, by seed."""
-    out: dict[str, list[str]] = {g: [] for g in group_ids}
-    for gid, run_id in con.execute(
-        "SELECT group_id, run_id FROM runs WHERE group_id IN (SELECT unnest(?::VARCHAR[])) "
-        "ORDER BY group_id, seed NULLS LAST, name", [group_ids]).fetchall():
-        out[gid].append(run_id)
-    return out
 
 
 def _run_rows(con: Any, ids: list[str], metric_cols: list[str], param_cols: list[str]
@@ -536,36 +512,6 @@ def _run_rows(con: Any, ids: list[str], metric_cols: list[str], param_cols: list
             "params": {k: p.get(k) for k in param_cols},
         }
     return out
-
-
-def _group_row(g: dict[str, Any], members: list[dict[str, Any]], metric_cols: list[str],
-               param_cols: list[str]) -> dict[str, Any]:
-    """A replicate group's row: its name, runs and seeds, statuses, the values its runs share
-    (or each distinct one), the mean and interval of each metric, its newest conclusion."""
-    def shared(values: list[Any]) -> Any:
-        distinct = _unique([pages.fmt(v) for v in values if v is not None])
-        return distinct[0] if len(distinct) == 1 else ", ".join(distinct) or None
-
-    statuses = [m["status"] for m in members]
-    counts = {s: statuses.count(s) for s in _unique([s or "unknown" for s in statuses])}
-    started = [m["started_at"] for m in members if m["started_at"]]
-    concluded = [m for m in members if m["conclusion"]]
-    return {
-        "kind": "group", "group_id": g["group_id"], "name": g["group_name"] or g["group_id"],
-        "n_runs": g["n_runs"], "n_completed": g["n_completed"], "seeds": g["seeds"] or [],
-        "status": next(iter(counts)) if len(counts) == 1 else
-        ", ".join(f"{n} {s}" for s, n in counts.items()), "one_status": len(counts) == 1,
-        "algorithm": g["algorithm"], "model": g["model"],
-        "steps": shared([m["steps"] for m in members]),
-        "max_steps": shared([m["max_steps"] for m in members]),
-        "started_at": min(started) if started else None,
-        "conclusion": max(concluded, key=lambda m: m["started_at"] or "")["conclusion"]
-        if concluded else None,
-        "metrics": {k: g["metrics"].get(k, {"value": None, "ci": None, "n": None})
-                    for k in metric_cols},
-        "params": {k: shared([m["params"].get(k) for m in members]) for k in param_cols},
-        "members": members,
-    }
 
 
 def _cells(con: Any, ids: list[str], metric_cols: list[str], param_cols: list[str]
@@ -663,42 +609,6 @@ def _check_ids(con: Any, ids: list[str]) -> None:
     for i in ids:
         if i not in known:
             raise BadRequest(f"no run or replicate group with id {i[:80]!r} in this workspace")
-
-
-def _pooled_rates(per_run: list[dict[str, dict[str, tuple]]]) -> dict[str, dict[str, tuple]]:
-    """Benchmark -> task -> (mean pass rate over the runs that answered it, their distinct
-    answers joined, instruction): one run's rates as they are, a group's averaged."""
-    if len(per_run) == 1:
-        return per_run[0]
-    out: dict[str, dict[str, tuple]] = {}
-    for bench in sorted({b for r in per_run for b in r}):
-        tasks: dict[str, list[tuple]] = {}
-        for r in per_run:
-            for task, got in r.get(bench, {}).items():
-                tasks.setdefault(task, []).append(got)
-        out[bench] = {}
-        for task, got in tasks.items():
-            rates = [g[0] for g in got if g[0] is not None]
-            answers = _unique([str(g[1]) for g in got if g[1] is not None])
-            out[bench][task] = (sum(rates) / len(rates) if rates else None,
-                                " · ".join(answers) if answers else None, got[0][2])
-    return out
-
-
-def _mean_curves(per_run: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """One run's curves as they are; a group's as the mean over its runs at each step (the
-    runs that logged that step), with no band."""
-    if len(per_run) == 1:
-        return per_run[0]
-    out: dict[str, dict[str, Any]] = {}
-    for key in _unique([k for c in per_run for k in c]):
-        at: dict[Any, list[float]] = {}
-        for c in per_run:
-            for s, v in (c.get(key) or {}).get("points", []):
-                at.setdefault(s, []).append(v)
-        out[key] = {"points": [[s, sum(vs) / len(vs)] for s, vs in sorted(
-            at.items(), key=lambda x: (x[0] is None, x[0]))], "band": None}
-    return out
 
 
 def _task_diff(base: dict[str, dict[str, tuple]], cand: dict[str, dict[str, tuple]]
