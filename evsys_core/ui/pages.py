@@ -151,17 +151,12 @@ def _run_tr(r: dict[str, Any], data: dict[str, Any], member_of: str | None = Non
     cells = [
         f"<td><input type=checkbox name=run value='{e(rid)}' aria-label='compare "
         f"{e(r['name'])}'></td>",
-        f"<td class=name>{name}</td>" if member_of is None else
+        f"<td class=name>{name}</td>" if member_of is None or r["seed"] is None else
         f"<td class=name><span class=seed>seed {e(r['seed'])}</span> {name}</td>",
         f"<td>{status_badge(rid, r['status'])}</td>",
         f"<td>{e(r['algorithm'])}</td>", f"<td>{e(r['model'])}</td>",
         f"<td class=steps data-run='{e(rid)}'>{_steps(r)}</td>",
-        f"<td class=time>{e(_time(r['started_at']))}</td>",
-    ]
-    cells += [f"<td class=param>{e(r['params'].get(k))}</td>" for k in data["param_cols"]]
-    cells += [f"<td class=num data-key='{e(k)}'>{with_ci(**r['metrics'][k])}</td>"
-              for k in data["metric_cols"]]
-    cells.append(f"<td class=conclusion>{e(_short(r['conclusion'], 160))}</td>")
+    ] + _value_cells(r, data)
     if member_of is None:
         return f"<tr data-run='{e(rid)}'>{''.join(cells)}</tr>"
     return (f"<tr class=member data-run='{e(rid)}' data-member-of='{e(member_of)}' hidden>"
@@ -182,13 +177,17 @@ def _group_tr(g: dict[str, Any], data: dict[str, Any]) -> str:
         f"<td><span class='status group-status{cls}'>{e(g['status'])}</span></td>",
         f"<td>{e(g['algorithm'])}</td>", f"<td>{e(g['model'])}</td>",
         f"<td class=steps>{_steps(g)}</td>",
-        f"<td class=time>{e(_time(g['started_at']))}</td>",
-    ]
-    cells += [f"<td class=param>{e(g['params'].get(k))}</td>" for k in data["param_cols"]]
-    cells += [f"<td class=num data-key='{e(k)}'>{with_ci(**g['metrics'][k])}</td>"
-              for k in data["metric_cols"]]
-    cells.append(f"<td class=conclusion>{e(_short(g['conclusion'], 160))}</td>")
+    ] + _value_cells(g, data)
     return f"<tr class=group data-group='{e(gid)}'>{''.join(cells)}</tr>"
+
+
+def _value_cells(r: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """A row's start time, params, metrics (with their intervals) and latest conclusion."""
+    return ([f"<td class=time>{e(_time(r['started_at']))}</td>"]
+            + [f"<td class=param>{e(r['params'].get(k))}</td>" for k in data["param_cols"]]
+            + [f"<td class=num data-key='{e(k)}'>{with_ci(**r['metrics'][k])}</td>"
+               for k in data["metric_cols"]]
+            + [f"<td class=conclusion>{e(_short(r['conclusion'], 160))}</td>"])
 
 
 def _time(t: Any) -> str:
