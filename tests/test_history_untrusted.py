@@ -130,6 +130,8 @@ EXAMPLES = {
                    "metrics.jsonl:1: step: 1e+300"),
     "step_30_digits": ("metrics", f'{{"step": {BIG}, "split": "train", "metrics": {{"train/loss": 1}}}}\n',
                        f"metrics.jsonl:1: step: {BIG}"),
+    "step_2_40": ("metrics", '{"step": 1099511627776, "split": "train", "metrics": {"train/loss": 0.5}}\n',
+                  None),  # a whole number well inside 64 bits: kept (it overflowed the summary's ordering)
     "step_nan": ("metrics", '{"step": NaN, "split": "train", "metrics": {"train/loss": Infinity}}\n',
                  "metrics.jsonl:1: step: NaN"),
     "time_out_of_range": ("run", {"started_at": 1e300, "ended_at": float("inf"), "created_at": -5},

@@ -165,9 +165,11 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
                max_tokens: int | None = None, temperature: float | None = None,
                backend: str | None = None, name: str | None = None,
                split: str | None = None, output: str | Path | None = None,
-               system_prompt: str | None = None, seed: int = 0) -> ScorePlan:
+               system_prompt: str | None = None, seed: int = 0, import_code: bool = True) -> ScorePlan:
     """Check a score request; raises EvsysError subclasses naming the argument (`benchmark`,
     `model`, `run`, ...: the `evsys score` flags and the score_benchmark tool share the names).
+    `import_code=False`: python verifiers' modules are parsed, not imported (the MCP server,
+    which has a child process import them: `evsys validate --deep BENCHMARK_DIR`).
 
     Defaults for name/split/metrics/num_samples/max_tokens/temperature come from the scored
     run's own entry for this benchmark (if its config had one), else from the directory
@@ -225,7 +227,7 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
     n, temp, max_tok = sampling_settings(spec)  # ConfigError on metrics/num_samples mismatch
     numbered = load_tasks_with_lines(bench_dir)
     for line, task in numbered:
-        check_spec(task.verifier, bench_dir, line=line, task_id=task.task_id)
+        check_spec(task.verifier, bench_dir, line=line, task_id=task.task_id, import_code=import_code)
     out_dir = _resolve(workspace, output) if output else workspace / "outputs" / "scores"
     problem = rundir.output_dir_problem(out_dir, workspace)
     if problem:

@@ -143,11 +143,16 @@ class Engine:
                       config_path=shown_path(config, self.workspace))
         return self._start(TRAIN, output_dir, run_name or default_name, args, record, config)
 
-    def launch_score(self, benchmark: Path | str, **options: Any) -> Launch:
-        """Check a score as `evsys score` would and start it detached (kind "score")."""
+    def launch_score(self, benchmark: Path | str, deep_check: Callable[[Path], None] | None = None,
+                     **options: Any) -> Launch:
+        """Check a score as `evsys score` would and start it detached (kind "score").
+        `deep_check(benchmark_dir)`: a caller that must not import the benchmark's python
+        verifiers (the MCP server) checks them with it instead (in a child process)."""
         from evsys_core.benchmarks.cli import plan_score, score_record
 
-        plan = plan_score(self.workspace, benchmark, **options)
+        plan = plan_score(self.workspace, benchmark, import_code=deep_check is None, **options)
+        if deep_check is not None and any(t.verifier.kind == "python" for t in plan.tasks):
+            deep_check(plan.bench_dir)
         args = ["score", "--benchmark", str(plan.bench_dir), "--workspace", str(self.workspace)]
         for key, value in options.items():
             if value is None:

@@ -76,6 +76,15 @@ class JobTools(Base):
             raise ToolError(f"{self._rel(config)} is not valid (deep check), nothing was launched:\n"
                             f"{self._issues_text(report)}\nfix the config (validate_config shows the same report)")
 
+    def _deep_check_benchmark(self, bench: Path) -> None:
+        """The benchmark's python verifiers imported in the deep check's child process (never in this
+        one); refuse the score on any error."""
+        report = self._validate(bench, deep=True)
+        if not report.ok:
+            raise ToolError(f"{self._rel(bench)} is not valid (deep check), nothing was scored:\n"
+                            f"{self._issues_text(report)}\nfix its tasks or verifier modules "
+                            f"(`evsys validate --deep {self._rel(bench)}` shows the same report)")
+
     def _status(self, st: dict[str, Any], run_id: str) -> RunStatus:
         final, cut_f = budget.metrics(st.get("final_metrics"), METRICS_CHARS)
         latest, cut_l = budget.metrics(st.get("latest_metrics"), METRICS_CHARS)
@@ -200,7 +209,8 @@ class JobTools(Base):
                 raise ToolError(f"model {model!r}: give a model name or a path inside the workspace")
         run_dir = self._resolve(run)[1] if run is not None else None
         try:
-            launch = self.engine.launch_score(bench, model=model, run=str(run_dir) if run_dir else None,
+            launch = self.engine.launch_score(bench, deep_check=self._deep_check_benchmark, model=model,
+                                              run=str(run_dir) if run_dir else None,
                                               metrics=metrics, num_samples=num_samples)
         except Exception as e:
             if "already running" in str(e):
