@@ -142,9 +142,10 @@ def build(measured: dict | None) -> dict[str, str]:
     return out
 
 
-def measure(workspace: Path) -> dict:
+def measure(workspace: Path, mfile: Path) -> dict:
     """Score every probe greedily with the base model through `evsys score`; per task:
-    passed, and whether the answer hit the token budget (`truncated`)."""
+    passed, and whether the answer hit the token budget (`truncated`). measured.json is
+    rewritten after each probe, so a long measurement keeps what it has done."""
     from evsys_core.cli import main as evsys
 
     out = {}
@@ -162,6 +163,7 @@ def measure(workspace: Path) -> dict:
         preds = [json.loads(line) for line in (run / "predictions" / f"{p}.jsonl").read_text().splitlines()]
         out[p] = {r["task_id"]: {"passed": bool(r["passed"]), "truncated": bool(r.get("truncated"))}
                   for r in preds}
+        mfile.write_text(json.dumps(out, indent=0, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
 
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for rel, text in build(None).items():
             (REPO / rel).parent.mkdir(parents=True, exist_ok=True)
             (REPO / rel).write_text(text, encoding="utf-8")
-        mfile.write_text(json.dumps(measure(REPO), indent=0, sort_keys=True) + "\n", encoding="utf-8")
+        measure(REPO, mfile)
         print(f"wrote {mfile.relative_to(REPO)}")
     measured = json.loads(mfile.read_text(encoding="utf-8")) if mfile.exists() else None
     stale = []

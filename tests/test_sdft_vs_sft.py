@@ -1,0 +1,124 @@
+"""The SDFT-vs-SFT study (examples/sdft_vs_sft): its data is what the generator writes from the
+measured base scores, its splits are what the study claims, its configs validate, and (slow)
+`run.py --quick` runs end to end and reports a table with intervals and paired verdicts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from evsys_core.cli import main as cli
+from evsys_core.data import load_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "examples/sdft_vs_sft"
+ARMS = ("sft_bare", "sft_sentence", "sdft")
+BENCHES = ("new_seen", "new_para", "retention", "continent")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def make_tasks():
+    return load("make_tasks")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return json.loads((STUDY / "measured.json").read_text())
+
+
+def ids(bench: Path) -> list[str]:
+    return [t.task_id for t in load_tasks(bench)]
+
+
+def test_checked_in_data_is_exactly_what_the_generator_writes(make_tasks, measured):
+    built = make_tasks.build(measured)
+    assert len(built) == 3 + 10 + 7  # the probes, the full files, the quick ones
+    for rel, text in built.items():
+        assert (REPO / rel).read_text(encoding="utf-8") == text, f"{rel}: rerun {STUDY.name}/make_tasks.py"
+    assert make_tasks.build(measured) == built
+    assert make_tasks.main(["--check"]) == 0
+
+
+def test_the_new_skill_is_what_the_teacher_can_teach_and_the_student_cannot(measured):
+    for data in (STUDY / "data", STUDY / "data/quick"):
+        new = ids(data / "new_seen")
+        assert new and all(not measured["plain"][i]["passed"] and measured["hint"][i]["passed"] for i in new)
+        assert ids(data / "new_para") == new  # the same facts, other wordings
+        assert [t.instruction for t in load_tasks(data / "new_para")] != [t.instruction for t in load_tasks(data / "new_seen")]
+        for arm in ARMS:
+            assert len((data / f"train.{arm}.jsonl").read_text().splitlines()) == len(new)
+    sentence = json.loads((STUDY / "data/train.sft_sentence.jsonl").read_text().splitlines()[0])
+    bare = json.loads((STUDY / "data/train.sft_bare.jsonl").read_text().splitlines()[0])
+    assert sentence["messages"][1]["content"].startswith("The capital of ")
+    assert sentence["messages"][1]["content"].endswith(bare["messages"][1]["content"] + ".")
+
+
+def test_prior_benchmarks_are_large_untouched_partly_passed_and_apart_from_validation(measured):
+    data = STUDY / "data"
+    new = set(ids(data / "new_seen"))
+    for bench in ("retention", "continent"):
+        test, val = ids(data / bench), ids(data / f"val_{bench}")
+        assert len(test) >= 100 and len(set(test)) == len(test) and val
+        assert not set(test) & set(val) and not set(test) & new
+        probe = {"retention": "plain"}.get(bench, bench)
+        passed = [measured[probe][t]["passed"] for t in test]
+        assert 0 < sum(passed) < len(passed), f"{bench}: the base model must partly pass it"
+    assert ids(data / "val_new") == ids(data / "new_seen")  # the trained facts in a fourth wording
+    val_words = {t.instruction.split(" of ")[0] for t in load_tasks(data / "val_new")}
+    test_words = {t.instruction.split(" of ")[0] for t in load_tasks(data / "new_para")}
+    assert not val_words & test_words  # the rate is chosen on a wording the report never uses
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in STUDY.glob("*.yaml")))
+def test_every_arm_config_validates(config, capsys):
+    assert cli(["validate", str(STUDY / config), "--workspace", str(REPO)]) == 0, capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_end_to_end_and_reports_intervals_and_verdicts(tmp_path, default_model, capsys):
+    run = load("run")
+    out = tmp_path / "study"
+    assert run.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in result["table"]] == ["base", *ARMS]
+    n_tasks = {b: len(load_tasks(STUDY / "data/quick" / b)) for b in BENCHES}
+    for row in result["table"]:
+        for b in BENCHES:
+            cell = row[b]
+            assert cell["n_tasks"] == n_tasks[b] and cell["n_seeds"] == 1
+            assert cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1] and 0 <= cell["mean"] <= 1
+        assert row["prior_avg"]["n_tasks"] == n_tasks["retention"] + n_tasks["continent"]
+    pairs = {(v["benchmark"], v["base_arm"], v["cand_arm"]) for v in result["verdicts"]}
+    for b in (*BENCHES, "prior_avg"):
+        assert {(b, "sft_bare", "sdft"), (b, "sft_sentence", "sdft"), (b, "base", "sdft"),
+                (b, "base", "sft_bare"), (b, "base", "sft_sentence")} <= pairs
+    for v in result["verdicts"]:
+        assert v["verdict"] in ("better", "worse", "inconclusive") and v["ci_low"] <= v["delta"] <= v["ci_high"]
+        assert v["n_tasks"] == (n_tasks.get(v["benchmark"]) or result["table"][0]["prior_avg"]["n_tasks"])
+    c = result["teacher_ceiling"]
+    assert 0 <= c["student_pass@1"] < c["teacher_pass@1"] <= 1  # the facts were chosen so
+    for arm in ARMS:  # learning curves: the start, the middle and the end
+        assert [s for s, _ in result["curves"][arm]["new_seen"]] == [0, 6, 12]
+        assert [s for s, _ in result["curves"][arm]["continent"]] == [0, 12]
+    for b in BENCHES:
+        assert set(result["truncation"][b]) == {"base", *ARMS}
+        assert result["truncation"][b]["base"]["answers"] == n_tasks[b]
+        assert (out / f"curves_{b}.png").stat().st_size > 1000
+    assert (out / "tradeoff.png").stat().st_size > 1000
+    assert result["wall_s"]["total"] > 0
+    report = (out / "report.md").read_text()
+    for arm in ("base", *ARMS):
+        assert f"| {arm} |" in report
+    assert "±" in report and "| prior_avg | sft_bare | sdft |" in report
+    with pytest.raises(SystemExit, match="not empty"):  # a study never writes over another
+        run.main(["--quick", "--out", str(out)])
