@@ -70,9 +70,8 @@ def test_prior_benchmarks_are_large_untouched_partly_passed_and_apart_from_valid
         test, val = ids(data / bench), ids(data / f"val_{bench}")
         assert len(test) >= 100 and len(set(test)) == len(test) and val
         assert not set(test) & set(val) and not set(test) & new
-        probe = {"retention": "plain"}.get(bench, bench)
-        passed = [measured[probe][t]["passed"] for t in test]
-        assert 0 < sum(passed) < len(passed), f"{bench}: the base model must partly pass it"
+    passed = [measured["plain"][t]["passed"] for t in ids(data / "retention")]
+    assert 0 < sum(passed) < len(passed)  # the base model partly passes it (continent: the slow test)
     assert ids(data / "val_new") == ids(data / "new_seen")  # the trained facts in a fourth wording
     val_words = {t.instruction.split(" of ")[0] for t in load_tasks(data / "val_new")}
     test_words = {t.instruction.split(" of ")[0] for t in load_tasks(data / "new_para")}
@@ -105,6 +104,8 @@ def test_quick_mode_runs_end_to_end_and_reports_intervals_and_verdicts(tmp_path,
     for v in result["verdicts"]:
         assert v["verdict"] in ("better", "worse", "inconclusive") and v["ci_low"] <= v["delta"] <= v["ci_high"]
         assert v["n_tasks"] == (n_tasks.get(v["benchmark"]) or result["table"][0]["prior_avg"]["n_tasks"])
+    base = result["table"][0]
+    assert 0 < base["retention"]["mean"] < 1 and 0 < base["continent"]["mean"] < 1  # room to forget
     c = result["teacher_ceiling"]
     assert 0 <= c["student_pass@1"] < c["teacher_pass@1"] <= 1  # the facts were chosen so
     for arm in ARMS:  # learning curves: the start, the middle and the end
