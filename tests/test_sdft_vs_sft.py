@@ -101,7 +101,12 @@ def test_quick_mode_runs_end_to_end_and_reports_intervals_and_verdicts(tmp_path,
     for b in (*BENCHES, "prior_avg"):
         assert {(b, "sft_bare", "sdft"), (b, "sft_sentence", "sdft"), (b, "base", "sdft"),
                 (b, "base", "sft_bare"), (b, "base", "sft_sentence")} <= pairs
+    cell = {row["arm"]: row for row in result["table"]}
     for v in result["verdicts"]:
+        if v["base_arm"] != "base" and v["benchmark"] != "prior_avg":  # group vs group: evsys compare
+            assert v["by"] == "evsys compare"
+            want = cell[v["cand_arm"]][v["benchmark"]]["mean"] - cell[v["base_arm"]][v["benchmark"]]["mean"]
+            assert v["delta"] == pytest.approx(want)  # the same seed-pooled tasks as the table
         assert v["verdict"] in ("better", "worse", "inconclusive") and v["ci_low"] <= v["delta"] <= v["ci_high"]
         assert v["n_tasks"] == (n_tasks.get(v["benchmark"]) or result["table"][0]["prior_avg"]["n_tasks"])
     base = result["table"][0]

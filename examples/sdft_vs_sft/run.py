@@ -14,6 +14,8 @@ its own run names.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -99,6 +101,16 @@ def pooled(groups: list[dict[str, list[float]]]) -> dict[str, list[float]]:
     return {f"{i}:{t}": v for i, g in enumerate(groups) for t, v in g.items()}
 
 
+def compare_groups(out: Path, base: str, cand: str) -> dict[str, dict]:
+    """`evsys compare BASE CAND --json` of two replicate groups: metric key -> its entry."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = evsys(["compare", base, cand, "--json", "--workspace", str(out)])
+    if rc != 0:
+        raise SystemExit(f"evsys compare {base} {cand} failed with exit {rc}")
+    return {m["key"]: m for m in json.loads(buf.getvalue())["metrics"]}
+
+
 def select_lr(plan: dict, out: Path, config: str) -> tuple[dict, list]:
     """Per method, the grid rate with the best validation score (new and prior weighted equally)."""
     chosen, rows = {}, []
@@ -157,14 +169,22 @@ def report(mode: str, plan: dict, chosen: dict, select_rows: list, walls: dict, 
                       "prior_avg": summary(pooled([final[arm][b] for b in PRIOR]))})
     verdicts = []
     pairs = [("sft_bare", "sdft"), ("sft_sentence", "sdft"), ("sft_bare", "sft_sentence")]
-    pairs += [("base", arm) for arm in ARMS]
+    fields = ("base", "cand", "delta", "ci_low", "ci_high", "p_value", "test", "n_tasks", "verdict")
+    for lo, hi in pairs:  # group against group at their final evaluations: `evsys compare`
+        metrics = compare_groups(out, lo, hi)
+        for b in BENCHES:
+            m = metrics[f"val/{b}/pass@1"]
+            verdicts.append({"benchmark": b, "base_arm": lo, "cand_arm": hi, "by": "evsys compare",
+                             **{k: m[k] for k in fields}})
+    # against the start (step 0 of the same runs) and on the pooled prior tasks: evsys compare
+    # pairs two sides at one step, so these use its test (stats.paired_compare) directly
     for b in (*BENCHES, "prior_avg"):
-        for lo, hi in pairs:
-            side = {arm: (pooled([final[arm][p] for p in PRIOR]) if b == "prior_avg" else final[arm][b]) for arm in ARMS}
-            side["base"] = pooled([base[p] for p in PRIOR]) if b == "prior_avg" else base[b]
+        side = {arm: (pooled([final[arm][p] for p in PRIOR]) if b == "prior_avg" else final[arm][b]) for arm in ARMS}
+        side["base"] = pooled([base[p] for p in PRIOR]) if b == "prior_avg" else base[b]
+        for lo, hi in ([("base", arm) for arm in ARMS] + (pairs if b == "prior_avg" else [])):
             p = stats.paired_compare(side[lo], side[hi]).as_dict()
-            verdicts.append({"benchmark": b, "base_arm": lo, "cand_arm": hi, **{k: p[k] for k in (
-                "base", "cand", "delta", "ci_low", "ci_high", "p_value", "test", "n_tasks", "verdict")}})
+            verdicts.append({"benchmark": b, "base_arm": lo, "cand_arm": hi, "by": "stats.paired_compare",
+                             **{k: p[k] for k in fields}})
     trunc = {b: {"base": truncation(groups["sft_bare"], b, 0),
                  **{arm: truncation(groups[arm], b, "final") for arm in ARMS}} for b in BENCHES}
     ceiling = {k: train_metric(groups["sdft"], f"train/{k}") for k in ("teacher_pass@1", "student_pass@1")}
@@ -205,10 +225,10 @@ def markdown(r: dict) -> str:
         lines.append(f"| {row['arm']} | {lr} | " + " | ".join(
             f"{row[c]['mean']:.3f} ± {1.96 * row[c]['stderr']:.3f}" for c in cols) + " |")
     lines += ["", "Paired verdicts (CAND − BASE over tasks, seeds pooled per task):", "",
-              "| benchmark | base | cand | delta | 95% CI | p | verdict |", "|---|---|---|---|---|---|---|"]
+              "| benchmark | base | cand | delta | 95% CI | p | verdict | by |", "|---|---|---|---|---|---|---|---|"]
     for v in r["verdicts"]:
         lines.append(f"| {v['benchmark']} | {v['base_arm']} | {v['cand_arm']} | {v['delta']:+.3f} | "
-                     f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] | {v['p_value']:.3g} | {v['verdict']} |")
+                     f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] | {v['p_value']:.3g} | {v['verdict']} | {v['by']} |")
     c = r["teacher_ceiling"]
     lines += ["", f"Teacher's ceiling on the training prompts (step 0, SDFT runs): teacher "
               f"{c['teacher_pass@1']}, student {c['student_pass@1']}",
