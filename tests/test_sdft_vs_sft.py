@@ -83,6 +83,13 @@ def test_every_arm_config_validates(config, capsys):
     assert cli(["validate", str(STUDY / config), "--workspace", str(REPO)]) == 0, capsys.readouterr()
 
 
+def test_a_study_never_writes_into_a_folder_that_holds_something(tmp_path):
+    (tmp_path / "earlier.txt").write_text("an earlier study's report\n")
+    with pytest.raises(SystemExit, match="not empty"):
+        load("run").main(["--quick", "--out", str(tmp_path)])
+    assert [p.name for p in tmp_path.iterdir()] == ["earlier.txt"]  # nothing written, nothing run
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_end_to_end_and_reports_intervals_and_verdicts(tmp_path, default_model, capsys):
     run = load("run")
