@@ -80,7 +80,8 @@ def test_prior_benchmarks_are_large_untouched_partly_passed_and_apart_from_valid
 
 @pytest.mark.parametrize("config", sorted(p.name for p in STUDY.glob("*.yaml")))
 def test_every_arm_config_validates(config, capsys):
-    assert cli(["validate", str(STUDY / config), "--workspace", str(REPO)]) == 0, capsys.readouterr()
+    assert cli(["validate", str(STUDY / config), "--deep", "--workspace", str(REPO)]) == 0, capsys.readouterr()
+    assert "valid (deep check)" in capsys.readouterr().out  # data, tasks, verifiers and model checked
 
 
 def test_a_study_never_writes_into_a_folder_that_holds_something(tmp_path):
