@@ -1,4 +1,4 @@
-"""Write the SDFT-vs-SFT study's data: one new skill and three prior skills, from package data.
+"""Write the SDFT-vs-SFT study's data: one new skill and two prior skills, from package data.
 
     python examples/sdft_vs_sft/make_tasks.py --measure   # score the probes with the base model
                                                          # (evsys score), write measured.json
