@@ -91,6 +91,84 @@ def test_a_study_never_writes_into_a_folder_that_holds_something(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["earlier.txt"]  # nothing written, nothing run
 
 
+def hand_made_study(ws: Path) -> None:
+    """Three arms x two seeds of known predictions: every arm starts at the same base answers
+    (step 0); at step 12 sdft passes t0..t5 of each new benchmark, sft_* pass t0..t9, and on the
+    prior benchmarks sdft keeps all it had (t0..t4) while sft_* keep t0..t1. Seed 1 of sdft also
+    passes t6, so the seed-pooled task t6 scores 0.5."""
+    from evsys_core import rundir, stats
+    from history_fixtures import config_yaml, make_run
+
+    out = ws / "runs"
+    n = 20
+    for arm in ARMS:
+        for seed in (0, 1):
+            preds, rows = {}, []
+            for b in BENCHES:
+                new = b.startswith("new")
+                final = (6 if arm == "sdft" else 10) if new else (5 if arm == "sdft" else 2)
+                extra = {"t06"} if (arm == "sdft" and seed == 1 and new) else set()
+                steps = {0: 2 if new else 5, **({6: 4} if new else {}), 12: final}
+                preds[b] = [{"step": st, "task_id": f"t{i:02d}", "instruction": "q", "sample": 0,
+                             "answer": "The answer to this question is X." if arm == "sdft" else "X",
+                             "score": float(i < k or (st == 12 and f"t{i:02d}" in extra)),
+                             "passed": i < k or (st == 12 and f"t{i:02d}" in extra),
+                             "reason": None, "truncated": i == 0 and st == 0}
+                            for st, k in steps.items() for i in range(n)]
+                for st in steps:
+                    vals = [p["score"] for p in preds[b] if p["step"] == st]
+                    rows.append({"step": st, "split": "val",
+                                 "metrics": stats.with_uncertainty(f"val/{b}/", {"pass@1": vals})})
+            if arm == "sdft":
+                rows += [{"step": 0, "split": "train", "metrics": {"train/teacher_pass@1": 0.9,
+                                                                   "train/student_pass@1": 0.1}},
+                         {"step": 12, "split": "train", "metrics": {"train/kl": 0.25}}]
+            d = make_run(out, f"{arm}-s{seed}", rows=rows, predictions=preds,
+                         config=config_yaml().replace("seed: 0", f"seed: {seed}"))
+            info = json.loads((d / rundir.RUN_JSON).read_text())
+            info.update(group_id="g" + arm.encode().hex()[:12], group_name=arm)
+            rundir.write_json_atomic(d / rundir.RUN_JSON, info)
+
+
+def test_report_pools_seeds_and_pairs_arms_with_evsys_compare(tmp_path):
+    run = load("run")
+    ws = tmp_path / "study"
+    hand_made_study(ws)
+    run.WS = ws
+    plan = dict(run.PLANS["quick"], seeds="0,1")
+    result = run.report("quick", plan, {a: 5e-4 for a in ARMS}, [], {"total": 1.0}, ws)
+    cell = {row["arm"]: row for row in result["table"]}
+    assert cell["base"]["new_seen"]["mean"] == pytest.approx(2 / 20)
+    assert cell["sft_bare"]["new_seen"]["mean"] == pytest.approx(10 / 20)
+    assert cell["sdft"]["new_para"]["mean"] == pytest.approx(6.5 / 20)  # t06: 1 of 2 seeds
+    assert cell["sdft"]["new_para"]["n_seeds"] == 2 and cell["sdft"]["new_para"]["n_tasks"] == 20
+    assert cell["sdft"]["retention"]["mean"] == pytest.approx(5 / 20)
+    assert cell["sft_sentence"]["prior_avg"]["mean"] == pytest.approx(2 / 20)
+    assert cell["sft_sentence"]["prior_avg"]["n_tasks"] == 40
+    lo, hi = cell["sdft"]["new_para"]["ci95"]
+    assert lo < 6.5 / 20 < hi
+    verdict = {(v["benchmark"], v["base_arm"], v["cand_arm"]): v for v in result["verdicts"]}
+    v = verdict[("retention", "sft_bare", "sdft")]  # sdft keeps 3 more of 20 on every seed
+    assert v["by"] == "evsys compare" and v["delta"] == pytest.approx(3 / 20) and v["n_tasks"] == 20
+    v = verdict[("new_seen", "sft_bare", "sdft")]
+    # 4 tasks differ: the exact sign-flip test's smallest p is 2 / 2**4 = 0.125, not below 0.05
+    assert v["delta"] == pytest.approx(-3.5 / 20) and v["verdict"] == "inconclusive"
+    assert v["p_value"] == pytest.approx(0.125)
+    v = verdict[("prior_avg", "base", "sft_bare")]  # forgot 6 of 40 prior tasks
+    assert v["by"] == "stats.paired_compare" and v["delta"] == pytest.approx(-6 / 40)
+    assert v["verdict"] == "worse"
+    assert verdict[("prior_avg", "base", "sdft")]["delta"] == 0 and \
+        verdict[("prior_avg", "base", "sdft")]["verdict"] == "inconclusive"
+    assert result["curves"]["sdft"]["new_seen"] == [(0, 0.1), (6, 0.2), (12, pytest.approx(6.5 / 20))]
+    assert result["teacher_ceiling"] == {"teacher_pass@1": 0.9, "student_pass@1": 0.1}
+    assert result["sdft_final_train"]["kl"] == 0.25
+    assert result["teacher_voice_new_para"] == {"sft_bare": 0, "sft_sentence": 0, "sdft": 40}
+    assert result["truncation"]["retention"]["base"] == {"truncated": 2, "answers": 40, "mean_chars": 1.0}
+    report = (ws / "report.md").read_text()
+    assert "| sdft | 0.0005 | 0.325 ± " in report and "| retention | sft_bare | sdft | +0.150 |" in report
+    assert (ws / "tradeoff.png").stat().st_size > 1000 and (ws / "curves_new_para.png").stat().st_size > 1000
+
+
 @pytest.mark.slow
 def test_quick_mode_runs_end_to_end_and_reports_intervals_and_verdicts(tmp_path, default_model, capsys):
     run = load("run")
