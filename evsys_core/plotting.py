@@ -14,6 +14,7 @@ class Panel:
     title: str
     series: list[tuple[str, Sequence[Sequence[Any]]]] = field(default_factory=list)  # (label, [(step, value)])
     ylabel: str | None = None
+    xlabel: str = "step"  # the series' first coordinate: a step, or e.g. another score (a trade-off)
 
 
 def available() -> bool:
@@ -43,7 +44,7 @@ def draw(panels: Sequence[Panel], out: Path | None = None, *, size: tuple[float,
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
                             markersize=3, label=label)
             ax.set_title(panel.title)
-            ax.set_xlabel("step")
+            ax.set_xlabel(panel.xlabel)
             if panel.ylabel:
                 ax.set_ylabel(panel.ylabel)
             ax.grid(alpha=0.3)

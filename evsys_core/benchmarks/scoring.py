@@ -42,7 +42,8 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
 
     `on_task(done)` is called after each task is verified (progress for a score run).
 
-    Prediction rows: task_id, instruction, sample (index), answer, score, passed, reason.
+    Prediction rows: task_id, instruction, sample (index), answer, score, passed, reason,
+    truncated (the answer stopped at max_tokens, not at the end of its turn).
     Raises ConfigError / DataError / VerifierError for a bad spec or task *before* sampling;
     verifiers themselves never raise (a failure is score 0 with its reason).
     """
@@ -77,7 +78,7 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
             predictions.append({
                 "task_id": task.task_id, "instruction": task.instruction, "sample": j,
                 "answer": answer, "score": verdict.score, "passed": verdict.passed,
-                "reason": verdict.reason,
+                "reason": verdict.reason, "truncated": seq.stop_reason == "length",
             })
         if len(samples) != n:
             raise BackendError(f"the sampler returned {len(samples)} samples for task "
