@@ -322,7 +322,7 @@ class HistoryTools(Base):
         if not text.strip():
             raise ToolError("text is blank; write what the run showed")
         run_id, run_dir = self._resolve(run)
-        with self._index_lock:
-            conclude(self.workspace, run_id, text.strip(), author="agent")
+        with self._index() as idx:
+            conclude(self.workspace, run_id, text.strip(), author="agent", index=idx)
         return ConclusionResult(run_id=run_id, path=self._rel(run_dir / rundir.CONCLUSION), chars=len(text.strip()),
                                 message="recorded; list_runs and query_runs (table conclusions) now show it")
