@@ -137,7 +137,7 @@ def main(argv=None) -> int:
               f"| `evsys-mcp`, {args.reps} fresh processes after a warm-up (wall time) | {common.fmt3(spawns)} | < 1 s | "
               f"{common.verdict(statistics.median(spawns) < 1.0, 'over')} |",
               f"| the same start-up's CPU time (import, build, list tools in-process; {args.reps} fresh processes) | "
-              f"{common.fmt3(cpus)} | | wall time on an idle machine is about this |"]
+              f"{common.fmt3(cpus)} | | (CPU time grows with the load too; see the note) |"]
     note = common.BENCH / "notes" / "mcp.md"
     if note.exists():
         lines += ["", note.read_text().strip()]
