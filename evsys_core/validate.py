@@ -25,26 +25,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pydantic import BaseModel, Field
-
-from evsys_core.config import Issue, RunConfig, load_config, template_fields
+from evsys_core.config import RunConfig, load_config, template_fields
 from evsys_core.errors import ConfigError, DataError, UsageError
+from evsys_core.report import Issue, Report
 
 MAX_ROW_ISSUES = 5  # per check and file; the rest are counted
 
 
-class Report(BaseModel):
-    """The outcome of `validate`: `ok` is true when there are no errors."""
-
-    ok: bool
-    config_path: str
-    deep: bool = False
-    errors: list[Issue] = Field(default_factory=list)
-    warnings: list[Issue] = Field(default_factory=list)
-
-    def add(self, issue: Issue) -> None:
-        (self.warnings if issue.severity == "warning" else self.errors).append(issue)
-        self.ok = not self.errors
 
 
 Add = Callable[[Issue], None]

@@ -24,7 +24,7 @@ from evsys_core.config import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-# DESIGN.md's config block, byte for byte (comments included).
+# The config block of the specification evsys was built from, byte for byte (comments included).
 SEED = """\
 model: { name: Qwen/Qwen3.5-4B }          # or SmolLM2-135M-Instruct, a local HF dir, a .gguf
 backend: { kind: tinker }                 # tinker | local

@@ -27,7 +27,7 @@ class EvalResult:
 def sampling_settings(spec: Any) -> tuple[int, float, int]:
     """(num_samples, temperature, max_tokens) of a spec, defaults from passk.sampling_defaults."""
     try:
-        return passk.sampling_defaults(list(getattr(spec, "metrics", None) or ["pass@1"]),
+        return passk.sampling_defaults(list(getattr(spec, "metrics", None) or passk.DEFAULT_METRICS),
                                        getattr(spec, "num_samples", None),
                                        getattr(spec, "temperature", None),
                                        getattr(spec, "max_tokens", None))
@@ -87,5 +87,5 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
         if on_task is not None:
             on_task(len(per_task))
 
-    values = passk.per_task_values(list(spec.metrics or ["pass@1"]), per_task)
+    values = passk.per_task_values(list(spec.metrics or passk.DEFAULT_METRICS), per_task)
     return EvalResult(stats.with_uncertainty(f"{spec.split}/{spec.name}/", values), predictions)

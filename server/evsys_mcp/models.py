@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_serializer
 
-from evsys_core.validate import Report
+from evsys_core.report import Report
 
 NEXT = Field(None, description="pass as `offset` to read the next page; null when this is the last")
 
