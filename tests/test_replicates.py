@@ -219,3 +219,19 @@ def test_evsys_launch_seeds_refuses_bad_seeds_before_claiming_anything(tmp_path,
                      "--workspace", str(ws)]) == 2
     assert "seeds alone" in capsys.readouterr().err
     assert not (ws / "outputs").exists()
+
+
+def test_cancelling_a_launched_group_stops_every_replicate_not_yet_run(tmp_path, tiny_model_dir):
+    from evsys_core.jobs.engine import Engine
+
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
+    engine = Engine(ws, max_concurrent=1)
+    launch = engine.launch_run(ws / "config.yaml", seeds="0,1,2")
+    assert [r.seed for r in launch.replicates] == [0, 1, 2]
+    assert len({r.pid for r in launch.replicates}) == 1
+    out = engine.cancel(launch.run_dir, grace_s=30)
+    assert out["was_running"] and not rundir.pid_alive(launch.pid)
+    statuses = [engine.status(r.run_dir) for r in launch.replicates]
+    assert statuses[0]["status"] in ("interrupted", "failed")
+    for st in statuses[1:]:   # their turn never came: said so, not "failed"
+        assert st["status"] == "interrupted" and "before this replicate's turn" in st["error"]

@@ -312,8 +312,14 @@ class Engine:
         if (run_dir / rundir.TRAIN_LOG).is_file():
             lines = [ln for ln in pages.tail_lines(run_dir / rundir.TRAIN_LOG, 5)[0] if ln.strip()]
             last = lines[-1] if lines else ""
-        info.update(status="failed", provisional=False, ended_at=info.get("ended_at") or time.time(),
-                    error=f"the job exited before it started: {last[:500]} (its log has the whole output)")
+        if info.get("group_id") and not last:  # a replicate whose turn never came
+            info.update(status="interrupted", provisional=False, ended_at=info.get("ended_at") or time.time(),
+                        error="the replicate group's process ended before this replicate's turn (cancelled, "
+                              "or an earlier replicate was interrupted); the first replicate's train.log has "
+                              "its output")
+        else:
+            info.update(status="failed", provisional=False, ended_at=info.get("ended_at") or time.time(),
+                        error=f"the job exited before it started: {last[:500]} (its log has the whole output)")
         rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info, run_dir)
         return info
 
