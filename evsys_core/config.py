@@ -261,6 +261,7 @@ class BenchmarkSpec(_Section):
     name: SafeName
     path: Path
     run_every: int | None = Field(None, ge=1)
+    at_start: bool = True  # with run_every: also score the untrained model at step 0
     metrics: list[Metric] = Field(default_factory=lambda: list(passk.DEFAULT_METRICS), min_length=1)
     split: SafeName = "val"
     num_samples: int | None = Field(None, ge=1)  # None: the largest k among pass@k
