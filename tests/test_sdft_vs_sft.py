@@ -135,7 +135,7 @@ def test_report_pools_seeds_and_pairs_arms_with_evsys_compare(tmp_path):
     ws = tmp_path / "study"
     hand_made_study(ws)
     run.WS = ws
-    plan = dict(run.PLANS["quick"], seeds="0,1")
+    plan = dict(run.PLANS["quick"], seeds="0,1", steps=12)  # the hand-made runs end at 12
     result = run.report("quick", plan, {a: 5e-4 for a in ARMS}, [], {"total": 1.0}, ws)
     cell = {row["arm"]: row for row in result["table"]}
     assert cell["base"]["new_seen"]["mean"] == pytest.approx(2 / 20)
@@ -200,8 +200,8 @@ def test_quick_mode_runs_end_to_end_and_reports_intervals_and_verdicts(tmp_path,
     c = result["teacher_ceiling"]
     assert 0 <= c["student_pass@1"] < c["teacher_pass@1"] <= 1  # the facts were chosen so
     for arm in ARMS:  # learning curves: the start, the middle and the end
-        assert [s for s, _ in result["curves"][arm]["new_seen"]] == [0, 6, 12]
-        assert [s for s, _ in result["curves"][arm]["continent"]] == [0, 12]
+        assert [s for s, _ in result["curves"][arm]["new_seen"]] == [0, 4, 8]
+        assert [s for s, _ in result["curves"][arm]["continent"]] == [0, 8]
     for b in BENCHES:
         assert set(result["truncation"][b]) == {"base", *ARMS}
         assert result["truncation"][b]["base"]["answers"] == n_tasks[b]

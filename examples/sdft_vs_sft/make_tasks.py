@@ -47,7 +47,7 @@ CONTINENT_Q = "Which continent is {c} in?"
 CONTINENTS = {"AF": ["Africa"], "AS": ["Asia"], "EU": ["Europe"], "SA": ["South America"],
               "OC": ["Oceania", "Australia"], "NA": ["North America", "Central America", "Caribbean"]}
 BUDGET = {"capital": 32, "continent": 32}  # max_tokens of each benchmark family
-SIZES = {"full": {"new": 32, "test": 100, "val": 40}, "quick": {"new": 16, "test": 30, "val": 0}}
+SIZES = {"full": {"new": 32, "test": 100, "val": 40}, "quick": {"new": 12, "test": 24, "val": 0}}
 PROBES = ("plain", "hint", "continent")
 
 

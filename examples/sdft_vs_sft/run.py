@@ -36,7 +36,7 @@ VAL = ("new_seen", "val_new", "val_retention", "val_continent")  # the same slot
 PLANS = {
     "full": {"data": "data", "seeds": "0,1,2", "steps": 40, "every_new": 10, "every_prior": 20,
              "grid": (3.0e-4, 1.0e-3)},
-    "quick": {"data": "data/quick", "seeds": "0", "steps": 12, "every_new": 6, "every_prior": 12,
+    "quick": {"data": "data/quick", "seeds": "0", "steps": 8, "every_new": 4, "every_prior": 8,
               "grid": ()},
 }
 
@@ -50,6 +50,8 @@ def overrides(plan: dict, out: Path, benches: tuple[str, ...], every: tuple, lr:
     for i, (name, e) in enumerate(zip(benches, every)):
         sets += [f"metadata.benchmark.{i}.name={name}", f"metadata.benchmark.{i}.path={data}/{name}",
                  f"metadata.benchmark.{i}.run_every={e}"]
+        if arm != ARMS[0]:  # the untrained model is scored once, by the first arm's runs
+            sets.append(f"metadata.benchmark.{i}.at_start=false")
     if lr is not None:
         sets.append(f"algorithm.params.learning_rate={lr}")
     return [a for s in sets for a in ("--set", s)]
@@ -194,6 +196,10 @@ def report(mode: str, plan: dict, chosen: dict, select_rows: list, walls: dict, 
                       for run in groups[arm] for r in predictions(run, "new_para") if r["step"] == plan["steps"])
              for arm in ARMS}
     curve = {arm: {b: curves(groups[arm], b) for b in BENCHES} for arm in ARMS}
+    for arm in ARMS[1:]:  # every arm starts from the base model the first arm scored at step 0
+        for b in BENCHES:
+            if curve[arm][b][:1] != curve[ARMS[0]][b][:1]:
+                curve[arm][b] = curve[ARMS[0]][b][:1] + curve[arm][b]
     result = {"mode": mode, "plan": {k: v for k, v in plan.items()}, "seeds": plan["seeds"], "lr": chosen,
               "lr_selection": select_rows, "table": table, "verdicts": verdicts, "truncation": trunc,
               "teacher_ceiling": ceiling, "sdft_final_train": sdft_train, "teacher_voice_new_para": voice,
