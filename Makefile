@@ -47,7 +47,7 @@ lock:
 	  $(PY) -m pip freeze --exclude-editable --exclude torch --exclude evsys; } > constraints.txt
 
 test: $(STAMP) $(CHROMEDRIVER)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q -m "not slow"

@@ -142,8 +142,10 @@ def write_run(out: Path, i: int, steps: int, rng: random.Random, now: float) -> 
     return d
 
 
-def ensure_history(n_runs: int, steps: int) -> Path:
-    ws = CACHE / f"history-{n_runs}x{steps}"
+def ensure_history(n_runs: int, steps: int, cache: Path = CACHE) -> Path:
+    """The synthetic history of `n_runs` runs under `cache`, generated once (files only: the
+    index is built by whoever reads it first)."""
+    ws = cache / f"history-{n_runs}x{steps}"
     manifest = ws / "bench_manifest.json"
     if manifest.exists():
         return ws

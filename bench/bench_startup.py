@@ -95,10 +95,10 @@ def cli(args: list[str], cwd: Path) -> float:
 
 def mcp_tools_list(ws: Path) -> float:
     import anyio
-    from mcp import Client, StdioServerParameters
+    from mcp import Client
     from mcp.client.stdio import stdio_client
 
-    server = StdioServerParameters(command=str(BIN / "evsys-mcp"), args=["--workspace", str(ws)], cwd=str(ws))
+    server = common.mcp_server(ws)
 
     async def go() -> float:
         t0 = time.perf_counter()

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "RESULTS.md"
 CACHE = BENCH / ".cache"
+# generated inputs any checkout may reuse (B5's history when B4's is not built here)
+SHARED_CACHE = Path(os.environ.get("EVSYS_BENCH_CACHE", "~/.cache/evsys/bench")).expanduser()
 PEERS_VENV = BENCH / ".venv-peers"
 PEERS_PY = PEERS_VENV / "bin" / "python"
 MAIN_PY = ROOT / ".venv" / "bin" / "python"
@@ -228,3 +230,16 @@ def conditions(load_start: float, load_end: float, extra: str = "") -> str:
 def dump(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def mcp_server(ws: Path):
+    """The MCP SDK's parameters for spawning `evsys-mcp --workspace ws` over stdio: this
+    checkout's .venv script, or (a checkout without one) this interpreter with `-m evsys_mcp`.
+    The environment is passed on whole: the SDK's client otherwise passes only a few
+    variables (not PYTHONPATH)."""
+    from mcp import StdioServerParameters
+
+    script = ROOT / ".venv" / "bin" / "evsys-mcp"
+    cmd, pre = (str(script), []) if script.exists() else (sys.executable, ["-m", "evsys_mcp"])
+    return StdioServerParameters(command=cmd, args=[*pre, "--workspace", str(ws)], cwd=str(ws),
+                                 env=dict(os.environ))

@@ -54,6 +54,24 @@ def old_sections() -> dict[str, str]:
     return out
 
 
+def old_header() -> str:
+    """RESULTS.md up to its first section."""
+    text = common.RESULTS.read_text()
+    cut = text.find("\n## ")
+    return text if cut < 0 else text[:cut + 1]
+
+
+def later(args, ran: list[tuple[str, float, int]], new_header: str) -> str:
+    """A paragraph for a run of some benchmarks (--only): which sections it rewrote, when,
+    on what machine and under what load; the others stay the earlier run's."""
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = next((line for line in new_header.splitlines() if line.startswith("Machine:")), "")
+    done = ", ".join(f"{bid} ({secs / 60:.1f} min, {'ok' if rc == 0 else f'failed ({rc})'})"
+                     for bid, secs, rc in ran)
+    return (f"Then `bench/run.py{' --quick' if args.quick else ''} --only {args.only}` on {when} "
+            f"rewrote {done}; every other section is still the run above's. {machine}\n")
+
+
 def header(args, ran: list[tuple[str, float, int]], load_start: float, load_end: float) -> str:
     import torch
 
@@ -123,6 +141,8 @@ def main(argv=None) -> int:
             common.log(f"== {bid}: {'ok' if proc.returncode == 0 else 'FAILED'} in {secs / 60:.1f} min")
             sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
     text = header(args, ran, load_start, common.load1())
+    if only and common.RESULTS.exists():  # keep the full run's header: its sections are kept
+        text = old_header() + later(args, ran, text)
     for bid in ORDER:
         if bid in sections:
             text += "\n" + sections[bid].rstrip("\n") + "\n"

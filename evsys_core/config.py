@@ -35,36 +35,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from evsys_core.benchmarks import passk
 from evsys_core.errors import ConfigError
+from evsys_core.report import Issue  # noqa: F401 - importable from here too
 from evsys_core.safefs import NAME_MAX_BYTES, SAFE_NAME, long_name
 from evsys_core.yamlmarks import Loaded, Mark, YAMLProblem, load_with_marks
 
 ALGORITHM_KINDS = ("sft", "sdft", "rl")
-
-
-class Issue(BaseModel):
-    """One problem found in a config or data file; `str(issue)` is `file:line:col: field: message`."""
-
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-    field: str = ""
-    message: str
-    severity: Literal["error", "warning"] = "error"
-
-    def location(self) -> str:
-        parts = [p for p in (self.file, self.line, self.column) if p is not None]
-        if self.file is None:
-            return ""
-        return ":".join(str(p) for p in parts)
-
-    def __str__(self) -> str:
-        parts = [self.location()] if self.location() else []
-        if self.field:
-            parts.append(self.field)
-        if self.severity == "warning":
-            parts.append("warning")
-        parts.append(self.message)
-        return ": ".join(parts)
 
 
 def _invalid(*errors: tuple[tuple[str | int, ...], str, Any]) -> ValidationError:
@@ -286,7 +261,8 @@ class BenchmarkSpec(_Section):
     name: SafeName
     path: Path
     run_every: int | None = Field(None, ge=1)
-    metrics: list[Metric] = Field(default_factory=lambda: ["pass@1"], min_length=1)
+    at_start: bool = True  # with run_every: also score the untrained model at step 0
+    metrics: list[Metric] = Field(default_factory=lambda: list(passk.DEFAULT_METRICS), min_length=1)
     split: SafeName = "val"
     num_samples: int | None = Field(None, ge=1)  # None: the largest k among pass@k
     max_tokens: int = Field(passk.DEFAULT_MAX_TOKENS, ge=1)

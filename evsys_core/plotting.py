@@ -14,7 +14,7 @@ class Panel:
     title: str
     series: list[tuple[str, Sequence[Sequence[Any]]]] = field(default_factory=list)  # (label, [(step, value)])
     ylabel: str | None = None
-    xlabel: str = "step"
+    xlabel: str = "step"  # the series' first coordinate: a step, or e.g. another score (a trade-off)
     logx: bool = False
 
 

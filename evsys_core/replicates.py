@@ -13,10 +13,12 @@ stop the others; an interrupted one (SIGTERM, Ctrl-C) stops the group.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from evsys_core.errors import UsageError
 
@@ -90,10 +92,25 @@ def run_group(config: Any, seeds: Sequence[int] | str, overrides: Sequence[str] 
             one, extra = config, [*overrides, f"seed={seed}"]
         else:  # a RunConfig: overrides do not apply to it, so copy it with the seed set
             one, extra = config.model_copy(update={"seed": seed}), overrides
-        result = run(one, extra, workspace=workspace,
-                     run_name=replicate_name(name, seed), run_dir=run_dirs[i] if run_dirs else None,
-                     stream=stream, group={"group_id": group.group_id, "group_name": name})
+        with _own_log(run_dirs[i] if run_dirs and stream is None else None) as log:
+            result = run(one, extra, workspace=workspace,
+                         run_name=replicate_name(name, seed), run_dir=run_dirs[i] if run_dirs else None,
+                         stream=log or stream, group={"group_id": group.group_id, "group_name": name})
         group.runs.append(result)
         if result.status == "interrupted":
             break
     return group
+
+
+@contextlib.contextmanager
+def _own_log(run_dir: Path | None) -> Iterator[Any]:
+    """A launched group (the job engine claimed every directory): each replicate's progress
+    goes to its own RUN_DIR/train.log, so tail_log on any replicate shows that replicate."""
+    if run_dir is None:
+        yield None
+        return
+    from evsys_core import rundir, safefs
+
+    fd = safefs.open_fd(Path(run_dir) / rundir.TRAIN_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, run_dir)
+    with os.fdopen(fd, "a", buffering=1) as f:
+        yield f

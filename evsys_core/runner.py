@@ -250,8 +250,9 @@ def _train(plan: _Plan, logger: Any, start_step: int, stream: Any) -> RunResult:
             progress = Progress(ctx.total_steps, start_step, stream=out)
             in_loop = [(s, t) for s, t in plan.benchmarks if s.run_every]
             after = [(s, t) for s, t in plan.benchmarks if not s.run_every]
-            if start_step == 0 and in_loop:
-                _evaluate(ctx, in_loop, 0, logger, progress, cfg)
+            at_start = [(s, t) for s, t in in_loop if s.at_start]
+            if start_step == 0 and at_start:
+                _evaluate(ctx, at_start, 0, logger, progress, cfg)
 
             def on_step_end(step: int, metrics: dict[str, float]) -> None:
                 logger.log_metrics(step, "train", metrics)

@@ -1,4 +1,5 @@
-"""`evsys validate CONFIG [--deep] [--json]`: check a config offline and report every problem.
+"""`evsys validate CONFIG|BENCHMARK_DIR [--deep] [--json]`: check a config (or a benchmark)
+offline and report every problem.
 
 Shallow: the schema (types, unknown keys, values), and that a `module:function` transform is
 a workspace file defining it (parsed, not imported: evsys_core.usercode). `--deep` also reads
@@ -6,8 +7,10 @@ everything the run will read, without loading a model or touching the network: t
 (through the transform), every template filled from every row as the run fills it, the
 algorithm/data-format fit, each benchmark's tasks and verifiers, the model's files (local) or
 name and API key (tinker), the output directory (writable, and where the run index looks),
-and an existing run of the same name. Exit code: 0 valid (warnings allowed), 1 invalid,
-2 usage. `--json` prints the Report, which the MCP server returns as is.
+and an existing run of the same name. A benchmark directory (one holding tasks.jsonl) gets
+the benchmark part alone: every task row, and every verifier (a python verifier's module is
+parsed; with `--deep` imported). Exit code: 0 valid (warnings allowed), 1 invalid, 2 usage.
+`--json` prints the Report, which the MCP server returns as is.
 """
 
 from __future__ import annotations
@@ -22,26 +25,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pydantic import BaseModel, Field
-
-from evsys_core.config import Issue, RunConfig, load_config, template_fields
+from evsys_core.config import RunConfig, load_config, template_fields
 from evsys_core.errors import ConfigError, DataError, UsageError
+from evsys_core.report import Issue, Report
 
 MAX_ROW_ISSUES = 5  # per check and file; the rest are counted
 
 
-class Report(BaseModel):
-    """The outcome of `validate`: `ok` is true when there are no errors."""
-
-    ok: bool
-    config_path: str
-    deep: bool = False
-    errors: list[Issue] = Field(default_factory=list)
-    warnings: list[Issue] = Field(default_factory=list)
-
-    def add(self, issue: Issue) -> None:
-        (self.warnings if issue.severity == "warning" else self.errors).append(issue)
-        self.ok = not self.errors
 
 
 Add = Callable[[Issue], None]
@@ -49,8 +39,17 @@ Add = Callable[[Issue], None]
 
 def validate(path: str | Path, deep: bool = False, workspace: Path | None = None,
              overrides: Sequence[str] = ()) -> Report:
-    """Check the config at `path` (and with `deep`, what it points at); never raises for bad input."""
+    """Check the config at `path` (and with `deep`, what it points at), or the benchmark
+    directory at `path`; never raises for bad input."""
     report = Report(ok=True, config_path=str(path), deep=deep)
+    bench = _benchmark_dir(path, workspace)
+    if bench is not None:
+        if overrides:
+            report.add(Issue(field="--set", message=f"{len(overrides)} override(s) given, but "
+                             f"{path} is a benchmark directory, which has no values to set; "
+                             "drop --set, or give a config"))
+        _check_tasks(bench, report.add, import_code=deep)
+        return report
     try:
         cfg = load_config(path, overrides, workspace)
     except ConfigError as e:
@@ -206,6 +205,27 @@ def _check_templates(cfg: RunConfig, dataset: Any, add: Add) -> None:
 
 # ---- benchmarks ---------------------------------------------------------------------------
 
+def _benchmark_dir(path: str | Path, workspace: Path | None) -> Path | None:
+    """`path` as a directory (relative paths as load_config reads them), else None."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and workspace is not None and (Path(workspace) / p).exists():
+        p = Path(workspace) / p
+    return p if p.is_dir() else None
+
+
+def _check_tasks(bench_dir: Path, add: Add, import_code: bool) -> None:
+    """A benchmark directory on its own: its tasks.jsonl and every task's verifier."""
+    from evsys_core.data import load_tasks_with_lines
+
+    try:
+        tasks = load_tasks_with_lines(bench_dir)
+    except DataError as e:
+        for issue in e.issues:
+            add(issue)
+        return
+    _check_verifiers(tasks, bench_dir, bench_dir / "tasks.jsonl", add, import_code)
+
+
 def _check_benchmark(cfg: RunConfig, i: int, bench: Any, add: Add) -> None:
     from evsys_core.data import display_path, load_tasks_with_lines
 
@@ -227,7 +247,8 @@ def _check_benchmark(cfg: RunConfig, i: int, bench: Any, add: Add) -> None:
 _VERIFIER_MSG = re.compile(r"^.*?: (verifier(?:\.\w+)*): (.*)$", re.S)
 
 
-def _check_verifiers(tasks: list[tuple[int, Any]], task_dir: Path, file: Path, add: Add) -> None:
+def _check_verifiers(tasks: list[tuple[int, Any]], task_dir: Path, file: Path, add: Add,
+                     import_code: bool = True) -> None:
     from evsys_core.benchmarks.verifiers import check_spec
     from evsys_core.data import display_path
     from evsys_core.errors import VerifierError
@@ -236,7 +257,7 @@ def _check_verifiers(tasks: list[tuple[int, Any]], task_dir: Path, file: Path, a
     bad = 0
     for line, task in tasks:
         try:
-            check_spec(task.verifier, task_dir, line=line, task_id=task.task_id)
+            check_spec(task.verifier, task_dir, line=line, task_id=task.task_id, import_code=import_code)
         except VerifierError as e:
             bad += 1
             if bad <= MAX_ROW_ISSUES:
@@ -351,9 +372,10 @@ def index_would_skip(workspace: Path, run_dir: Path) -> tuple[Path, str] | None:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "validate", help="check a config offline (--deep: data, tasks, model, output dir)",
-        description="Check a YAML config without training. Exit 0 when valid (warnings "
-                    "allowed), 1 when invalid, 2 on usage errors.")
-    p.add_argument("config", help="path to the YAML config")
+        description="Check a YAML config without training, or a benchmark directory without "
+                    "scoring (its tasks and verifiers). Exit 0 when valid (warnings allowed), "
+                    "1 when invalid, 2 on usage errors.")
+    p.add_argument("config", help="path to the YAML config, or a benchmark directory (tasks.jsonl)")
     p.add_argument("--deep", action="store_true",
                    help="also read the data, tasks and verifiers, find the model, check the "
                         "output directory (offline)")

@@ -1,16 +1,37 @@
-"""Shared fixtures: the default model's converted cache and a tiny random Llama built from a config.
+"""Shared fixtures: the default model's converted cache, a tiny random Llama built from a config,
+and a private copy of the checkout's examples to use as a workspace.
 
 The GGUF → safetensors conversion of the default model (~25 s) lands in `$EVSYS_CACHE`
 (default ~/.cache/evsys) and is reused by every later run on the machine.
+
+Tests never use the checkout itself as a workspace: what `make demo` (or any run of the
+walkthroughs) leaves there — run directories under examples/*/outputs, a `.evsys` index —
+must not change what a test sees, and a test must not add to it (tests/test_hermetic.py).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+LEFT_BY_RUNS = ("outputs", ".evsys", "__pycache__", "*.pyc", ".hypothesis")  # as .gitignore says
+
+
+def copy_examples(examples: Path, workspace: Path) -> Path:
+    """`workspace` holding `examples/`, a copy of `examples` without what runs leave behind."""
+    shutil.copytree(examples, workspace / "examples", ignore=shutil.ignore_patterns(*LEFT_BY_RUNS))
+    return workspace
+
+
+@pytest.fixture
+def examples_ws(tmp_path: Path) -> Path:
+    """A workspace with a fresh copy of the checkout's examples/ (configs and data, no outputs,
+    no index): the walkthrough configs' relative paths (examples/...) resolve inside it."""
+    return copy_examples(EXAMPLES, tmp_path / "checkout")
 
 
 @pytest.fixture(scope="session")

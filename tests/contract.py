@@ -1,4 +1,4 @@
-"""The run-directory contract of DESIGN.md, as one assertion helper shared by the tests."""
+"""The run-directory contract (docs/design.md), as one assertion helper shared by the tests."""
 
 from __future__ import annotations
 

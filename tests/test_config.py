@@ -24,7 +24,7 @@ from evsys_core.config import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-# DESIGN.md's config block, byte for byte (comments included).
+# The config block of the specification evsys was built from, byte for byte (comments included).
 SEED = """\
 model: { name: Qwen/Qwen3.5-4B }          # or SmolLM2-135M-Instruct, a local HF dir, a .gguf
 backend: { kind: tinker }                 # tinker | local
@@ -65,12 +65,12 @@ def validate_cli(capsys, *argv: str) -> tuple[int, str]:
 
 # ---- the seed ----------------------------------------------------------------------------
 
-def test_seed_yaml_loads_verbatim(tmp_path):
-    cfg = load_config(write(tmp_path, SEED, "seed.yaml"), workspace=REPO)
+def test_seed_yaml_loads_verbatim(tmp_path, examples_ws):
+    cfg = load_config(write(tmp_path, SEED, "seed.yaml"), workspace=examples_ws)
     assert cfg.model.name == "Qwen/Qwen3.5-4B"
     assert cfg.backend.kind == "tinker"
     assert cfg.data.source_kind == "jsonl"
-    assert cfg.data.path == REPO / "examples/sdft_walkthrough/data/train.jsonl"
+    assert cfg.data.path == examples_ws / "examples/sdft_walkthrough/data/train.jsonl"
     assert cfg.data.transform is None
     assert cfg.algorithm.kind == "sdft"
     p = cfg.algorithm.params
@@ -79,13 +79,13 @@ def test_seed_yaml_loads_verbatim(tmp_path):
         (1e-4, 2, 1, 1, 20, "{question}")
     [bench] = cfg.metadata.benchmark
     assert (bench.name, bench.run_every, bench.metrics, bench.split) == ("val", 1, ["pass@1"], "val")
-    assert bench.path == REPO / "examples/sdft_walkthrough/data/val"
+    assert bench.path == examples_ws / "examples/sdft_walkthrough/data/val"
     assert bench.num_samples == 1 and bench.temperature == 0.0
     [cb] = cfg.callbacks
     assert cb.kind == "local_logger"
-    assert cb.params.output_dir == REPO / "examples/sdft_walkthrough/outputs"
+    assert cb.params.output_dir == examples_ws / "examples/sdft_walkthrough/outputs"
     assert cb.params.run_name == "sdft_capitals"
-    assert cfg.workspace == REPO
+    assert cfg.workspace == examples_ws
     assert cfg.source_path == tmp_path / "seed.yaml"
 
 
@@ -93,15 +93,15 @@ def test_tinker_walkthrough_config_is_the_seed_verbatim():
     assert (REPO / "examples/sdft_walkthrough/config.tinker.yaml").read_text() == SEED
 
 
-def test_local_walkthrough_config():
-    cfg = load_config(REPO / "examples/sdft_walkthrough/config.yaml", workspace=REPO)
+def test_local_walkthrough_config(examples_ws):
+    cfg = load_config(examples_ws / "examples/sdft_walkthrough/config.yaml", workspace=examples_ws)
     assert (cfg.model.name, cfg.backend.kind, cfg.algorithm.kind) == \
         ("SmolLM2-135M-Instruct", "local", "sdft")
     p = cfg.algorithm.params
     assert (p.lora_rank, p.batch_size, p.max_steps, p.topk) == (8, 4, 2, 20)
     assert cfg.metadata.benchmark[0].run_every == 1
     assert cfg.local_logger().run_name == "sdft_capitals"
-    assert cfg.local_logger().output_dir == REPO / "examples/sdft_walkthrough/outputs"
+    assert cfg.local_logger().output_dir == examples_ws / "examples/sdft_walkthrough/outputs"
 
 
 # ---- defaults, kinds, paths ---------------------------------------------------------------
@@ -166,8 +166,8 @@ def test_source_kind_follows_the_file_extension(tmp_path):
     assert cfg.data.source_kind == "csv"
 
 
-def test_overrides_are_yaml_values(tmp_path):
-    cfg = load_config(write(tmp_path, SEED), workspace=REPO, overrides=[
+def test_overrides_are_yaml_values(tmp_path, examples_ws):
+    cfg = load_config(write(tmp_path, SEED), workspace=examples_ws, overrides=[
         "algorithm.params.max_steps=5",
         "algorithm.params.learning_rate=3e-5",
         "metadata.benchmark.0.metrics=[pass@1, pass@2]",
@@ -185,8 +185,8 @@ def test_overrides_are_yaml_values(tmp_path):
     assert cfg.seed == 7
 
 
-def test_config_to_yaml_round_trips(tmp_path):
-    cfg = load_config(write(tmp_path, SEED), workspace=REPO)
+def test_config_to_yaml_round_trips(tmp_path, examples_ws):
+    cfg = load_config(write(tmp_path, SEED), workspace=examples_ws)
     text = config_to_yaml(cfg)
     again = parse_config_text(text, "resolved.yaml", workspace=tmp_path)
     assert again.model_dump() == cfg.model_dump()

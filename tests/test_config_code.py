@@ -123,3 +123,43 @@ def test_a_python_verifier_from_the_standard_library_is_refused_and_never_called
     assert verify({"kind": "python", "fn": "graders:grade", "expected": "x"}, "x", tmp_path).passed
     assert not (tmp_path / "__pycache__").exists()
     assert os.listdir(tmp_path) == ["graders.py"]
+
+
+def test_score_benchmark_imports_python_verifiers_only_in_child_processes(tmp_path, tiny_model_dir):
+    """score_benchmark's up-front check of a python verifier runs `evsys validate --deep` on the
+    benchmark in a child (the server only parses the module); a module that fails at import is
+    still refused before anything is written, with its file, line and error."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_model_dir, ws / "model", copy_function=os.link)
+    grader = MARKER_MODULE + "\ndef grade(answer, expected):\n    return expected in answer\n"
+    task = {"task_id": "t0", "instruction": "Say 4.", "verifier": {"kind": "python", "fn": "mark:grade",
+                                                                      "expected": "4"}}
+    for name, module in (("good", grader), ("broken", grader + "\nraise RuntimeError('no grading key')\n")):
+        (ws / "bench" / name).mkdir(parents=True)
+        (ws / "bench" / name / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+        (ws / "bench" / name / "mark.py").write_text(module)
+
+    async def flow(c):
+        broken = await c.call_tool("score_benchmark", {"benchmark": "bench/broken", "model": "model"})
+        good = await c.call_tool("score_benchmark", {"benchmark": "bench/good", "model": "model"})
+        done = None if good.is_error else await c.call_tool(
+            "wait_for_run", {"run": good.structured_content["run_id"], "timeout_s": 300})
+        return broken, good, done
+
+    broken, good, done = over_stdio(params(ws), tmp_path / "stderr.log", flow)
+    # each module was imported by child processes only: the deep check (both) and the score run (good)
+    seen = {name: [json.loads(x) for x in (ws / "bench" / name / "imported.jsonl").read_text().splitlines()]
+            for name in ("good", "broken")}
+    assert not any(i["in_server"] for i in seen["good"] + seen["broken"]), seen
+    assert len(seen["broken"]) == 1 and len(seen["good"]) == 2, seen
+    assert len({i["pid"] for i in seen["good"] + seen["broken"]}) == 3, seen
+    assert broken.is_error
+    text = broken.content[0].text
+    assert "bench/broken/tasks.jsonl:1" in text and "verifier.fn" in text, text
+    assert "raised RuntimeError: no grading key" in text and "nothing was scored" in text, text
+    assert not good.is_error, good.content[0].text
+    assert done.structured_content["status"] == "completed", done.structured_content
+    (run_dir,) = (ws / "outputs" / "scores").iterdir()  # the broken benchmark left no run behind
+    assert run_dir.name.startswith("good-")

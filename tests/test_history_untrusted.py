@@ -130,6 +130,8 @@ EXAMPLES = {
                    "metrics.jsonl:1: step: 1e+300"),
     "step_30_digits": ("metrics", f'{{"step": {BIG}, "split": "train", "metrics": {{"train/loss": 1}}}}\n',
                        f"metrics.jsonl:1: step: {BIG}"),
+    "step_2_40": ("metrics", '{"step": 1099511627776, "split": "train", "metrics": {"train/loss": 0.5}}\n',
+                  None),  # a whole number well inside 64 bits: kept (it overflowed the summary's ordering)
     "step_nan": ("metrics", '{"step": NaN, "split": "train", "metrics": {"train/loss": Infinity}}\n',
                  "metrics.jsonl:1: step: NaN"),
     "time_out_of_range": ("run", {"started_at": 1e300, "ended_at": float("inf"), "created_at": -5},
@@ -242,3 +244,15 @@ def test_each_reported_example_through_mcp_list_runs_and_launch_run(tmp_path: Pa
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_step_beyond_32_bits_orders_its_metric_without_overflow(tmp_path: Path) -> None:
+    """Found by the fuzz test: a step near -2**54 overflowed the final-value ordering
+    (step * 2**32 + line) in 64 bits and the refresh failed."""
+    make_run(tmp_path / "outputs", "huge", rows=[
+        {"step": -18766623318492284, "split": "train", "metrics": {"train/mean_loss": 9.0}},
+        {"step": 2**62, "split": "train", "metrics": {"train/mean_loss": 1.0}},
+        {"step": 5, "split": "train", "metrics": {"train/mean_loss": 2.0}}])
+    (row,) = open_index(tmp_path).query(
+        "SELECT final_step, final_value, first_step FROM metric_summary WHERE key = 'train/mean_loss'").rows
+    assert row == (2**62, 1.0, -18766623318492284)

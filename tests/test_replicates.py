@@ -157,3 +157,81 @@ def test_seeds_conflicting_options_are_refused_before_anything_is_written(tmp_pa
                      "--workspace", str(ws)]) == 1
     assert "batch_size" in capsys.readouterr().err
     assert not (ws / "outputs").exists()
+
+
+def test_mcp_launch_run_with_seeds_runs_one_group_and_compare_runs_pools_it(tmp_path, tiny_model_dir):
+    """launch_run(seeds="0,1,2") through a real MCP client: one process, three replicates one after
+    another, one place under the run limit; then compare_runs and best_runs take the group."""
+    import shutil
+
+    from evsys_mcp.server import build_server
+    from test_mcp_server import err, ok
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")   # the server runs only models inside the workspace
+    ws = make_workspace(tmp_path, tmp_path / "model", "sft", "")
+    (ws / "experiments").mkdir()
+    (ws / "config.yaml").rename(ws / "experiments" / "demo.yaml")
+    srv = build_server(ws, max_concurrent_runs=1, poll_s=0.2)
+    assert "twice" in err(srv, "launch_run", config_path="demo.yaml", seeds="0,1,0")
+    assert "seeds alone" in err(srv, "launch_run", config_path="demo.yaml", seeds="0,1", overrides=["seed=4"])
+    assert "pattern" in err(srv, "launch_run", config_path="demo.yaml", seeds="0;1")
+    assert not (ws / "outputs").exists() or not any((ws / "outputs").iterdir())
+
+    out = ok(srv, "launch_run", config_path="demo.yaml", seeds="0,1,2")
+    reps = out["replicates"]
+    assert [(r["seed"], r["run_name"]) for r in reps] == [(0, "demo-s0"), (1, "demo-s1"), (2, "demo-s2")]
+    assert out["run_id"] == reps[0]["run_id"] and out["group_name"] == "demo" and out["group_id"].startswith("g")
+    infos = [json.loads((ws / r["run_dir"] / rundir.RUN_JSON).read_text()) for r in reps]
+    assert {i["group_id"] for i in infos} == {out["group_id"]} and {i["pid"] for i in infos} == {out["pid"]}
+    # the group is one process: it holds the one place, and a second launch is refused
+    assert "already running" in err(srv, "launch_run", config_path="demo.yaml")
+    waited = ok(srv, "wait_for_run", run=reps[-1]["run_id"], timeout_s=600)
+    logs = [(ws / r["run_dir"] / rundir.TRAIN_LOG).read_text() for r in reps]
+    assert waited["status"] == "completed", logs[0][-3000:] + logs[-1][-3000:]
+    assert [ok(srv, "run_status", run=r["run_id"])["status"] for r in reps] == ["completed"] * 3
+    for r, log in zip(reps, logs):   # each replicate's progress in its own train.log
+        assert f"outputs/{r['run_name']}" in log and "val/val/pass@1" in log, log[-2000:]
+    assert ["seed: 0", "seed: 1", "seed: 2"] == [
+        next(ln for ln in (ws / r["run_dir"] / "config.yaml").read_text().splitlines() if ln.startswith("seed:"))
+        for r in reps]
+
+    single = ok(srv, "launch_run", config_path="demo.yaml", run_name="single")
+    assert ok(srv, "wait_for_run", run=single["run_id"], timeout_s=600)["status"] == "completed"
+    cmp = ok(srv, "compare_runs", runs=["single", "demo"], metric="val/val/pass@1")
+    assert [(s["kind"], s["seeds"]) for s in cmp["sides"]] == [("run", [3]), ("group", [0, 1, 2])]
+    m = cmp["metrics"][0]
+    assert (m["base_seeds"], m["cand_seeds"], m["n_tasks"]) == (1, 3, 3)
+    want = open_index(ws).compare("single", "demo", metric="val/val/pass@1")["metrics"][0]
+    assert (m["verdict"], m["p_value"], m["delta"]) == (want["verdict"], want["p_value"], want["delta"])
+    finals = [final_values(ws / r["run_dir"])["val/val/pass@1"] for r in reps]
+    assert m["cand"] == pytest.approx(statistics.fmean(finals), abs=1e-12)   # same tasks every seed
+    best = ok(srv, "best_runs", metric="val/val/pass@1", groups=True)
+    assert [(r["name"], r["seeds"]) for r in best["runs"]] == [("demo", [0, 1, 2])]
+
+
+def test_evsys_launch_seeds_refuses_bad_seeds_before_claiming_anything(tmp_path, tiny_model_dir, capsys):
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
+    for seeds, why in (("0,1,0", "twice"), ("x", "not a seed")):
+        assert cli.main(["launch", str(ws / "config.yaml"), "--seeds", seeds, "--workspace", str(ws)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "nothing was launched" in err
+    assert cli.main(["launch", str(ws / "config.yaml"), "--seeds", "0,1", "--set", "seed=2",
+                     "--workspace", str(ws)]) == 2
+    assert "seeds alone" in capsys.readouterr().err
+    assert not (ws / "outputs").exists()
+
+
+def test_cancelling_a_launched_group_stops_every_replicate_not_yet_run(tmp_path, tiny_model_dir):
+    from evsys_core.jobs.engine import Engine
+
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
+    engine = Engine(ws, max_concurrent=1)
+    launch = engine.launch_run(ws / "config.yaml", seeds="0,1,2")
+    assert [r.seed for r in launch.replicates] == [0, 1, 2]
+    assert len({r.pid for r in launch.replicates}) == 1
+    out = engine.cancel(launch.run_dir, grace_s=30)
+    assert out["was_running"] and not rundir.pid_alive(launch.pid)
+    statuses = [engine.status(r.run_dir) for r in launch.replicates]
+    assert statuses[0]["status"] in ("interrupted", "failed")
+    for st in statuses[1:]:   # their turn never came: said so, not "failed"
+        assert st["status"] == "interrupted" and "before this replicate's turn" in st["error"]

@@ -101,6 +101,15 @@ def test_benchmark_without_run_every_runs_once_after_training(tmp_path, tiny_mod
     assert "test/val/pass@1" in result.metrics
 
 
+def test_at_start_false_skips_the_step_0_evaluation_only(tmp_path, tiny_model_dir):
+    ws = make_workspace(tmp_path, tiny_model_dir, "sft", "", bench="run_every: 1, at_start: false")
+    result, _ = run(ws)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [1, 2]
+    preds = [json.loads(x) for x in (result.run_dir / "predictions" / "val.jsonl").read_text().splitlines()]
+    assert sorted({p["step"] for p in preds}) == [1, 2]
+
+
 def test_rerun_never_overwrites_a_finished_run(tmp_path, tiny_model_dir):
     ws = make_workspace(tmp_path, tiny_model_dir, "sft", "")
     first, _ = run(ws, "algorithm.params.max_steps=1")

@@ -104,7 +104,8 @@ def test_evaluate_metrics_and_predictions(sampler, bench):
     assert [(r["task_id"], r["sample"]) for r in rows] == [
         ("any", 0), ("any", 1), ("never", 0), ("never", 1), ("py", 0), ("py", 1)]
     for r in rows:
-        assert set(r) == {"task_id", "instruction", "sample", "answer", "score", "passed", "reason"}
+        assert set(r) == {"task_id", "instruction", "sample", "answer", "score", "passed", "reason",
+                          "truncated"}
         assert isinstance(r["answer"], str)
     assert all(r["passed"] and r["score"] == 1.0 for r in rows if r["task_id"] == "any")
     assert all(not r["passed"] and r["score"] == 0.0 for r in rows if r["task_id"] == "never")
@@ -131,6 +132,33 @@ def test_evaluate_greedy_single_sample_is_deterministic_and_uses_system_prompt(s
     assert [r["answer"] for r in first.predictions] == [r["answer"] for r in second.predictions]
     assert spy.prompts[0] == render.user_prompt_tokens(tok, tasks[0].instruction, "Be brief.")
     assert set(first.metrics) == {"val/toy/pass@1", "val/toy/pass@1_stderr", "val/toy/n_tasks"}
+
+
+def test_truncated_marks_answers_that_ran_out_of_tokens(sampler, bench):
+    """`truncated` is true exactly when the answer used all max_tokens without ending its turn."""
+    tok = sampler.get_tokenizer()
+    stop = set(render.end_of_turn_tokens(tok))
+    for max_tokens in (1, 3):
+        spec = BenchmarkSpec(name="toy", path=bench, metrics=["pass@4"], max_tokens=max_tokens)
+        responses = []
+
+        class Recorder:
+            def sample(self, prompt, num_samples, sampling_params, **kw):
+                future = sampler.sample(prompt=prompt, num_samples=num_samples,
+                                        sampling_params=sampling_params, **kw)
+
+                class Waited:
+                    def result(self_inner, *a, **k):
+                        responses.append(future.result(*a, **k))
+                        return responses[-1]
+                return Waited()
+
+        rows = evaluate(Recorder(), tok, spec, load_tasks(bench)).predictions
+        seqs = [seq for r in responses for seq in r.sequences]
+        assert len(seqs) == len(rows) == 12
+        want = [len(s.tokens) == max_tokens and s.tokens[-1] not in stop for s in seqs]
+        assert [r["truncated"] for r in rows] == want
+    assert any(r["truncated"] for r in rows)  # a random model rarely ends its turn in 3 tokens
 
 
 def test_pass_at_k_agrees_with_the_prediction_rows(sampler, tmp_path):

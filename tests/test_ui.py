@@ -424,3 +424,177 @@ def test_browser_compare_shows_the_paired_verdict(browser, tmp_path: Path) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------- replicate groups
+
+WEAK = [[1, 1, 1] + [0] * 27, [1, 1, 1, 1] + [0] * 26, [1, 1] + [0] * 28]
+STRONG = [[0] + [1] * (25 + k) + [0] * (4 - k) for k in range(3)]
+
+
+def make_group(out: Path, name: str, group_id: str, lr: float, passed: list[list[int]]) -> None:
+    """One replicate group as `evsys run --seeds` leaves it: a run per seed sharing a
+    group id, each with val predictions on 30 tasks and its val/val/pass@1."""
+    for seed, p in enumerate(passed):
+        config = config_yaml(lr).replace("seed: 0", f"seed: {seed}")
+        rows = [{"step": 2, "split": "val", "metrics": {"val/val/pass@1": sum(p) / len(p)}}]
+        d = make_run(out, f"{name}-s{seed}", config=config, rows=rows,
+                     predictions={"val": preds(2, p, bad="no idea")})
+        info = json.loads((d / rundir.RUN_JSON).read_text())
+        rundir.write_json_atomic(d / rundir.RUN_JSON, {**info, "group_id": group_id,
+                                                       "group_name": name, "seed": seed})
+
+
+@pytest.fixture(scope="module")
+def gws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two groups of three seeds (weak: lr 1e-4, about 0.1; strong: lr 3e-4, about 0.87)
+    and one run outside any group (solo: lr 1e-3, 0.5)."""
+    root = tmp_path_factory.mktemp("ui-groups")
+    out = root / "outputs"
+    make_group(out, "weak", "g0000aaaa", 1e-4, WEAK)
+    make_group(out, "strong", "g0000bbbb", 3e-4, STRONG)
+    make_run(out, "solo", config=config_yaml(1e-3), rows=[
+        {"step": 2, "split": "val", "metrics": {"val/val/pass@1": 0.5}}],
+        predictions={"val": preds(2, [1, 0] * 15, bad="no idea")})
+    age(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gbase(gws: Path):
+    server = serve(gws)
+    yield server.url.rstrip("/")
+    server.shutdown()
+    server.server_close()
+
+
+def row_names(driver) -> list[str]:
+    """The runs table's rows as shown: a group's name, or a run's."""
+    from selenium.webdriver.common.by import By
+
+    return [tr.find_element(By.CSS_SELECTOR, ".group-name, td.name a").text
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#runs tbody tr") if tr.is_displayed()]
+
+
+def test_group_rows_filter_and_sort_by_what_they_show(gbase: str) -> None:
+    def shown(**q) -> list[str]:
+        body = get(gbase + "/?" + urlencode(q))[1]
+        return [g or r for g, r in re.findall(
+            r"<tr class=group data-group='\w+'>.*?<span class=group-name>(\w+)</span>|"
+            r"<tr data-run='\w+'>.*?<td class=name><a [^>]*>(\w+)</a>", body)]
+
+    assert shown(sort="val/val/pass@1", dir="desc") == ["strong", "solo", "weak"]
+    assert shown(sort="val/val/pass@1", dir="asc") == ["weak", "solo", "strong"]
+    # a metric condition is on the group's mean (weak's runs are all under 0.2)
+    assert sorted(shown(f="val/val/pass@1 > 0.3")) == ["solo", "strong"]
+    assert shown(f="val/val/pass@1 < 0.3") == ["weak"]
+    # conditions on params and runs columns pick runs; a group is in when one of its runs is
+    assert shown(f="algorithm.params.learning_rate < 2e-4") == ["weak"]
+    assert sorted(shown(f="seed = 1")) == ["strong", "weak"]
+    assert shown(q="stro") == ["strong"]
+    assert shown(sort="name", dir="asc") == ["solo", "strong", "weak"]
+    assert "<span class=count>7 runs in 3 rows</span>" in get(gbase + "/")[1]
+
+
+def test_browser_groups_on_the_runs_page_expand_to_their_runs(browser, gbase: str,
+                                                               gws: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from evsys_core.history.index import open_index
+
+    view = {g["group_id"]: g["metrics"]["val/val/pass@1"] for g in open_index(gws).groups()}
+    weak = [sum(p) / len(p) for p in WEAK]
+    assert view["g0000aaaa"]["mean"] == pytest.approx(sum(weak) / 3)  # the view, by hand
+    browser.get(gbase + "/?" + urlencode({"sort": "val/val/pass@1", "dir": "desc"}))
+    assert row_names(browser) == ["strong", "solo", "weak"]
+    row = browser.find_element(By.CSS_SELECTOR, "#runs tr.group[data-group=g0000aaaa]")
+    cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+    m = view["g0000aaaa"]
+    half = (m["ci95_high"] - m["ci95_low"]) / 2
+    assert f"{m['mean']:.4g} ± {half:.4g}" in cells
+    assert "weak" in cells[1] and "3 seeds" in cells[1]
+    assert "0, 1, 2" in cells  # the seed param, which the replicates do not share
+    tip = row.find_element(By.CSS_SELECTOR, "td.num .ci").get_attribute("title")
+    assert tip == f"95% CI [{m['ci95_low']:.4g}, {m['ci95_high']:.4g}], 3 runs"
+    members = "#runs tr.member[data-member-of=g0000aaaa]"
+    assert not any(tr.is_displayed() for tr in browser.find_elements(By.CSS_SELECTOR, members))
+    row.find_element(By.CSS_SELECTOR, "button.expand").click()
+    wait(browser, lambda d: all(tr.is_displayed()
+                                for tr in d.find_elements(By.CSS_SELECTOR, members)))
+    assert row_names(browser) == ["strong", "solo", "weak", "weak-s0", "weak-s1", "weak-s2"]
+    shown = [tr.find_element(By.CSS_SELECTOR, "td.num").text
+             for tr in browser.find_elements(By.CSS_SELECTOR, members)]
+    assert shown == [f"{v:.4g}" for v in weak]
+    row.find_element(By.CSS_SELECTOR, "button.expand").click()
+    wait(browser, lambda d: not any(tr.is_displayed()
+                                    for tr in d.find_elements(By.CSS_SELECTOR, members)))
+    box = browser.find_element(By.NAME, "f")
+    box.send_keys("val/val/pass@1 < 0.3\n")
+    wait(browser, lambda d: "0.3" in d.current_url)
+    assert row_names(browser) == ["weak"]
+
+
+def test_browser_group_compare_shows_the_pooled_verdict_and_task_diff(browser, gbase: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(gbase + "/?" + urlencode({"sort": "name", "dir": "desc"}))  # weak, strong, solo
+    for gid in ("g0000aaaa", "g0000bbbb"):
+        browser.find_element(By.CSS_SELECTOR, f"tr.group input[value={gid}]").click()
+    browser.find_element(By.CSS_SELECTOR, "form.compare button").click()
+    wait(browser, lambda d: "/compare" in d.current_url)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Compare 2 replicate groups"
+    legend = browser.find_element(By.CSS_SELECTOR, "ol.legend li[data-side=g0000aaaa]").text
+    assert "weak" in legend and "3/3 completed" in legend and "weak-s2" in legend
+    cell = browser.find_element(By.CSS_SELECTOR, "#metrics .verdict")
+    assert cell.text == "better" and "v-better" in cell.get_attribute("class")
+    tip = cell.get_attribute("title")
+    assert "30 paired tasks" in tip and "3 and 3 replicates pooled" in tip
+    section = browser.find_element(By.CSS_SELECTOR, "section.taskdiff[data-benchmark=val]")
+    # pass rates over the seeds: weak t0 1, t1 1, t2 2/3, t3 1/3; strong t0 0, t1-t25 1,
+    # t26 2/3, t27 1/3: t0 broken; t1, t28, t29 unchanged; the other 26 fixed
+    assert "val: 26 fixed, 1 broken, 3 unchanged" in section.text
+    broken = section.find_element(By.CSS_SELECTOR, "tr.broken")
+    assert broken.get_attribute("data-task") == "t0"
+    assert [td.text for td in broken.find_elements(By.TAG_NAME, "td")][2:] == [
+        "city0", "pass", "no idea", "fail"]
+    fixed = section.find_element(By.CSS_SELECTOR, "tr.fixed[data-task=t3]")
+    assert [td.text for td in fixed.find_elements(By.TAG_NAME, "td")][2:] == [
+        "no idea · city3", "0.33", "city3", "pass"]
+    chart = browser.find_element(By.CSS_SELECTOR, "svg.chart[data-key='val/val/pass@1']")
+    assert len(chart.find_elements(By.CSS_SELECTOR, "circle.series")) == 2  # a mean per group
+
+
+def test_group_against_a_run(gbase: str) -> None:
+    ids = run_ids(gbase)
+    code, body, _ = get(f"{gbase}/compare?run={ids['solo']}&run=g0000bbbb")
+    assert code == 200 and "<h1>Compare 2 runs and groups</h1>" in body
+    assert re.search(r"class='verdict v-better' title='Δ [^']*30 paired tasks, 1 and 3 "
+                     r"replicates pooled'>better<", body)
+    assert "Per task: strong against solo" in body
+    code, body, _ = get(f"{gbase}/compare?run=g0000bbbb&run=gnosuchgroup")
+    assert code == 400 and "no run or replicate group with id &#x27;gnosuchgroup&#x27;" in body
+
+
+def test_a_group_with_unfinished_runs(tmp_path: Path) -> None:
+    """A group's mean and interval are over its completed runs only; its row says how many of
+    each status; a group with no completed run cannot be compared yet (400 naming it)."""
+    out = tmp_path / "outputs"
+    make_group(out, "mixed", "g0000cccc", 1e-4, WEAK)
+    make_group(out, "fresh", "g0000dddd", 3e-4, STRONG[:1])
+    for name, status in (("mixed-s2", "interrupted"), ("fresh-s0", "failed")):
+        info = json.loads((out / name / rundir.RUN_JSON).read_text())
+        rundir.write_json_atomic(out / name / rundir.RUN_JSON, {**info, "status": status})
+    age(tmp_path)
+    server = serve(tmp_path)
+    try:
+        url = server.url.rstrip("/")
+        body = get(url + "/")[1]
+        row = re.search(r"<tr class=group data-group='g0000cccc'>(.*?)</tr>", body).group(1)
+        assert ">2 completed, 1 interrupted</span>" in row
+        mean = (sum(WEAK[0]) + sum(WEAK[1])) / 60  # seeds 0 and 1 only
+        assert f">{mean:.4g}<small> ± " in row and ", 2 runs'" in row
+        code, body, _ = get(f"{url}/compare?run=g0000dddd&run=g0000cccc")
+        assert code == 400 and "group fresh (g0000dddd) has no completed run yet" in body
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -15,7 +15,6 @@ import pytest
 from evsys_core import cli
 from evsys_core.validate import Report, validate
 
-REPO = Path(__file__).resolve().parents[1]
 EVSYS = Path(sys.executable).with_name("evsys")
 
 CONFIG = """\
@@ -86,23 +85,24 @@ def test_deep_validation_leaves_no_files_behind(tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_sdft_walkthrough_validates_deep(capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_sdft_walkthrough_validates_deep(examples_ws, capsys, monkeypatch):
+    monkeypatch.chdir(examples_ws)
     code = cli.main(["validate", "examples/sdft_walkthrough/config.yaml", "--deep"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.splitlines()[-1].startswith("examples/sdft_walkthrough/config.yaml: valid (deep check)")
 
 
-def test_sdft_walkthrough_on_tinker_warns_only_about_the_key(monkeypatch):
+def test_sdft_walkthrough_on_tinker_warns_only_about_the_key(examples_ws, monkeypatch):
     monkeypatch.delenv("TINKER_API_KEY", raising=False)
-    report = validate(REPO / "examples/sdft_walkthrough/config.tinker.yaml", deep=True, workspace=REPO)
+    config = examples_ws / "examples/sdft_walkthrough/config.tinker.yaml"
+    report = validate(config, deep=True, workspace=examples_ws)
     assert report.ok and report.errors == []
     [warning] = report.warnings
     assert (warning.field, warning.line) == ("backend.kind", 2)
     assert "TINKER_API_KEY is not set" in warning.message
     monkeypatch.setenv("TINKER_API_KEY", "tml-test")
-    report = validate(REPO / "examples/sdft_walkthrough/config.tinker.yaml", deep=True, workspace=REPO)
+    report = validate(config, deep=True, workspace=examples_ws)
     assert report.ok and report.warnings == []
 
 
@@ -272,7 +272,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "--workspace" in capsys.readouterr().err
 
 
-def test_validate_as_a_subprocess(tmp_path):
+def test_validate_as_a_subprocess(tmp_path, examples_ws):
     config = project(tmp_path, edit("max_steps: 1", "max_steps: many"))
     done = subprocess.run([str(EVSYS), "validate", str(config), "--deep", "--json"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -280,14 +280,14 @@ def test_validate_as_a_subprocess(tmp_path):
     [error] = json.loads(done.stdout)["errors"]
     assert (error["field"], error["line"]) == ("algorithm.params.max_steps", 6)
     done = subprocess.run([str(EVSYS), "validate", "examples/sdft_walkthrough/config.yaml", "--deep"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+                          capture_output=True, text=True, cwd=examples_ws, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_validate_imports_no_heavy_library():
+def test_validate_imports_no_heavy_library(examples_ws):
     code = textwrap.dedent(f"""\
         import os, sys
-        os.chdir({str(REPO)!r})
+        os.chdir({str(examples_ws)!r})
         import evsys_core.validate, evsys_core.config, evsys_core.data
         report = evsys_core.validate.validate("examples/sdft_walkthrough/config.yaml", deep=True)
         assert report.ok, report
@@ -298,3 +298,23 @@ def test_validate_imports_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_benchmark_directory_validates_alone_importing_its_verifiers_only_when_deep(tmp_path, capsys):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "grader.py").write_text("open(__file__ + '.imported', 'w').close()\nraise RuntimeError('no key')\n"
+                                     "def grade(answer, expected):\n    return True\n")
+    (bench / "tasks.jsonl").write_text(lines([TASKS[0], {"task_id": "p", "instruction": "?", "verifier": {
+        "kind": "python", "fn": "grader:grade"}}, {"task_id": "q", "instruction": "?", "verifier": {
+        "kind": "python", "fn": "grader:grde"}}]))
+    shallow = validate(bench, workspace=tmp_path)  # parsed: the misspelt function, not the import
+    assert [(i.line, i.field) for i in shallow.errors] == [(3, "verifier.fn")]
+    assert "has no function 'grde'" in shallow.errors[0].message
+    assert not (bench / "grader.py.imported").exists()
+    code, out = run_cli(capsys, bench)  # --deep: imported, in this process
+    assert code == 1
+    assert "tasks.jsonl:2: verifier.fn: importing 'grader'" in out and "raised RuntimeError: no key" in out, out
+    assert (bench / "grader.py.imported").exists()
+    report = validate(bench, deep=True, workspace=tmp_path, overrides=["seed=1"])
+    assert any(i.field == "--set" and "benchmark directory" in i.message for i in report.errors)

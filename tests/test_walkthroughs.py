@@ -32,9 +32,10 @@ def n_tasks(bench_dir: str) -> int:
     ("rl", {"val": ("val", n_tasks("examples/rl_walkthrough/data/val"), [0, 1])},
      {"train/mean_reward", "train/completion_len"}),
 ])
-def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model, walkthrough, benches, extra, capsys):
-    config = REPO / "examples" / f"{walkthrough}_walkthrough" / "config.yaml"
-    assert cli(["validate", str(config), "--deep", "--workspace", str(REPO)]) == 0
+def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, examples_ws, default_model, walkthrough,
+                                                        benches, extra, capsys):
+    config = examples_ws / "examples" / f"{walkthrough}_walkthrough" / "config.yaml"
+    assert cli(["validate", str(config), "--deep", "--workspace", str(examples_ws)]) == 0
     out = io.StringIO()
     small = {"sft": [], "sdft": ["algorithm.params.max_tokens=24", f"data.path={SDFT_DEMO}/train.jsonl",
                                  f"metadata.benchmark.0.path={SDFT_DEMO}/val",
@@ -42,7 +43,7 @@ def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model,
              "rl": ["algorithm.params.max_tokens=24", "algorithm.params.group_size=4"]}[walkthrough]
     result = evsys_core.run(config, ["algorithm.params.max_steps=1", "algorithm.params.batch_size=2",
                                      f"callbacks.0.params.output_dir={tmp_path}", *small],
-                            workspace=REPO, stream=out)
+                            workspace=examples_ws, stream=out)
     assert result.status == "completed", out.getvalue()
     train = assert_run_dir(result.run_dir, 1, benches)
     assert extra <= set(train[0]["metrics"])
@@ -70,10 +71,10 @@ def test_walkthrough_runs_one_step_on_the_default_model(tmp_path, default_model,
     assert json.loads(capsys.readouterr().out)[0]["name"] == result.run_dir.name
 
 
-def test_score_writes_a_stderr_for_every_metric_and_compare_pairs_it(tmp_path, default_model, capsys):
+def test_score_writes_a_stderr_for_every_metric_and_compare_pairs_it(tmp_path, examples_ws, default_model, capsys):
     bench = "examples/sdft_walkthrough/data/val"
     args = ["score", "--benchmark", bench, "--model", "SmolLM2-135M-Instruct", "--max-tokens", "12",
-            "--workspace", str(REPO)]
+            "--workspace", str(examples_ws)]
     assert cli([*args, "--metrics", "pass@1", "pass@2", "mean_score", "--num-samples", "2",
                 "--output", str(tmp_path / "sampled")]) == 0
     out = capsys.readouterr().out

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evsys_core import rundir, safefs
+from evsys_core.benchmarks import passk
 from evsys_core.errors import RunError, UsageError
 from evsys_core.stats import format_metrics
 
@@ -41,7 +42,7 @@ class _Spec:
     name: str
     path: Path
     split: str = "val"
-    metrics: list[str] = field(default_factory=lambda: ["pass@1"])
+    metrics: list[str] = field(default_factory=lambda: list(passk.DEFAULT_METRICS))
     num_samples: int | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -165,15 +166,16 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
                max_tokens: int | None = None, temperature: float | None = None,
                backend: str | None = None, name: str | None = None,
                split: str | None = None, output: str | Path | None = None,
-               system_prompt: str | None = None, seed: int = 0) -> ScorePlan:
+               system_prompt: str | None = None, seed: int = 0, import_code: bool = True) -> ScorePlan:
     """Check a score request; raises EvsysError subclasses naming the argument (`benchmark`,
     `model`, `run`, ...: the `evsys score` flags and the score_benchmark tool share the names).
+    `import_code=False`: python verifiers' modules are parsed, not imported (the MCP server,
+    which has a child process import them: `evsys validate --deep BENCHMARK_DIR`).
 
     Defaults for name/split/metrics/num_samples/max_tokens/temperature come from the scored
     run's own entry for this benchmark (if its config had one), else from the directory
-    name, "val", ["pass@1"], max k, 64 and 0.0 (1.0 when sampling more than once).
+    name, "val", passk.DEFAULT_METRICS, max k, 64 and 0.0 (1.0 when sampling more than once).
     """
-    from evsys_core.benchmarks.passk import parse_metric
     from evsys_core.benchmarks.scoring import sampling_settings
     from evsys_core.benchmarks.verifiers import check_spec
     from evsys_core.data import load_tasks_with_lines
@@ -190,7 +192,7 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
         raise UsageError(f"backend {backend!r}: use local or tinker")
     for m in metrics or []:
         try:
-            parse_metric(m)
+            passk.parse_metric(m)
         except ValueError as e:
             raise UsageError(f"metrics: {e}") from None
 
@@ -212,7 +214,7 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
         name=name or entry.get("name") or bench_dir.name,
         path=bench_dir,
         split=split or entry.get("split") or "val",
-        metrics=list(metrics or entry.get("metrics") or ["pass@1"]),
+        metrics=list(metrics or entry.get("metrics") or passk.DEFAULT_METRICS),
         num_samples=num_samples if num_samples is not None else entry.get("num_samples"),
         max_tokens=max_tokens if max_tokens is not None else entry.get("max_tokens"),
         temperature=temperature if temperature is not None else entry.get("temperature"),
@@ -225,7 +227,7 @@ def plan_score(workspace: str | Path, benchmark_dir: str | Path, *,
     n, temp, max_tok = sampling_settings(spec)  # ConfigError on metrics/num_samples mismatch
     numbered = load_tasks_with_lines(bench_dir)
     for line, task in numbered:
-        check_spec(task.verifier, bench_dir, line=line, task_id=task.task_id)
+        check_spec(task.verifier, bench_dir, line=line, task_id=task.task_id, import_code=import_code)
     out_dir = _resolve(workspace, output) if output else workspace / "outputs" / "scores"
     problem = rundir.output_dir_problem(out_dir, workspace)
     if problem:

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 SUPPORTED = ("pass@k", "mean_score")
 METRIC_PATTERN = r"^(pass@[1-9][0-9]*|mean_score)$"   # what parse_metric accepts, for schemas
 DEFAULT_MAX_TOKENS = 64
+DEFAULT_METRICS = ("pass@1",)  # what a benchmark reports when its entry names no metric
 _PASS = re.compile(r"pass@(\d+)")
 
 

@@ -27,7 +27,7 @@ class EvalResult:
 def sampling_settings(spec: Any) -> tuple[int, float, int]:
     """(num_samples, temperature, max_tokens) of a spec, defaults from passk.sampling_defaults."""
     try:
-        return passk.sampling_defaults(list(getattr(spec, "metrics", None) or ["pass@1"]),
+        return passk.sampling_defaults(list(getattr(spec, "metrics", None) or passk.DEFAULT_METRICS),
                                        getattr(spec, "num_samples", None),
                                        getattr(spec, "temperature", None),
                                        getattr(spec, "max_tokens", None))
@@ -42,7 +42,8 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
 
     `on_task(done)` is called after each task is verified (progress for a score run).
 
-    Prediction rows: task_id, instruction, sample (index), answer, score, passed, reason.
+    Prediction rows: task_id, instruction, sample (index), answer, score, passed, reason,
+    truncated (the answer stopped at max_tokens, not at the end of its turn).
     Raises ConfigError / DataError / VerifierError for a bad spec or task *before* sampling;
     verifiers themselves never raise (a failure is score 0 with its reason).
     """
@@ -77,7 +78,7 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
             predictions.append({
                 "task_id": task.task_id, "instruction": task.instruction, "sample": j,
                 "answer": answer, "score": verdict.score, "passed": verdict.passed,
-                "reason": verdict.reason,
+                "reason": verdict.reason, "truncated": seq.stop_reason == "length",
             })
         if len(samples) != n:
             raise BackendError(f"the sampler returned {len(samples)} samples for task "
@@ -86,5 +87,5 @@ def evaluate(sampling_client: Any, tokenizer: Any, spec: Any, tasks: Sequence[An
         if on_task is not None:
             on_task(len(per_task))
 
-    values = passk.per_task_values(list(spec.metrics or ["pass@1"]), per_task)
+    values = passk.per_task_values(list(spec.metrics or passk.DEFAULT_METRICS), per_task)
     return EvalResult(stats.with_uncertainty(f"{spec.split}/{spec.name}/", values), predictions)

@@ -301,12 +301,14 @@ def _as_spec(spec: Any) -> Any:
 
 
 def check_spec(spec: Any, task_dir: Path, *, line: int | None = None,
-               task_id: str | None = None) -> None:
+               task_id: str | None = None, import_code: bool = True) -> None:
     """Raise VerifierError if `spec` cannot work: an unknown or missing function, a module
     that is not there, a command task without tests/test.sh, a bad `expected`.
 
     `task_dir` is the directory holding tasks.jsonl; `line` and `task_id` only sharpen
-    the message ("…/tasks.jsonl:3 (task 'q3'): verifier.fn_name: …").
+    the message ("…/tasks.jsonl:3 (task 'q3'): verifier.fn_name: …"). `import_code=False`
+    (a process that must not run the workspace's code: the MCP server) only parses a python
+    verifier's module to see that it defines the function; it is not imported.
     """
     spec = _as_spec(spec)
     task_dir = Path(task_dir)
@@ -331,7 +333,10 @@ def check_spec(spec: Any, task_dir: Path, *, line: int | None = None,
         if problem:
             raise fail("expected", f"{problem} (verifier {name!r})")
     elif spec.kind == "python":
-        _load_python_fn(spec.fn, task_dir, fail)
+        if import_code:
+            _load_python_fn(spec.fn, task_dir, fail)
+        else:
+            _parse_python_fn(spec.fn, task_dir, fail)
     elif spec.kind == "command":
         if not spec.path:
             raise fail("path", "missing; command verifiers name a task directory (relative "
@@ -365,6 +370,16 @@ def _load_python_fn(ref: str | None, task_dir: Path, fail: Callable[[str, str], 
 
     try:
         return usercode.load(ref or "", [Path(task_dir)])
+    except usercode.UserCodeError as e:
+        raise fail("fn", str(e)) from None
+
+
+def _parse_python_fn(ref: str | None, task_dir: Path, fail: Callable[[str, str], Exception]) -> None:
+    """`_load_python_fn`'s checks short of importing: the file is found and defines the function."""
+    from evsys_core import usercode
+
+    try:
+        usercode.check_defines(*usercode.locate(ref or "", [Path(task_dir)]))
     except usercode.UserCodeError as e:
         raise fail("fn", str(e)) from None
 

@@ -307,11 +307,12 @@ def cmd_best(args: argparse.Namespace) -> int:
               + (" matching --where" if args.where else ""))
         return 0
     what = ("final" if args.by == "final" else ("max" if args.maximize else "min"))
+    paired = any(r.get("vs_top") for r in rows)   # eval metrics ranked by final value, higher first
     tables.print_table(
-        ["#", "name", f"{args.metric} ({what})", "step", "#1 vs this (paired)", "status",
-         "algorithm", "model", "run id"],
-        [[i, r["name"], r["value"], r["step"], _vs_top(r.get("vs_top")), r["status"],
-          r["algorithm"], r["model"], r["run_id"]] for i, r in enumerate(rows, 1)])
+        ["#", "name", f"{args.metric} ({what})", "step", *(["#1 vs this (paired)"] if paired else []),
+         "status", "algorithm", "model", "run id"],
+        [[i, r["name"], r["value"], r["step"], *([_vs_top(r.get("vs_top"))] if paired else []),
+          r["status"], r["algorithm"], r["model"], r["run_id"]] for i, r in enumerate(rows, 1)])
     _vs_top_note(rows)
     return 0
 

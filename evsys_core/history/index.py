@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
@@ -25,8 +26,9 @@ import duckdb
 from evsys_core import rundir, safefs
 from evsys_core.errors import RunError, UsageError
 from evsys_core.history import groups, reports, schema, snapshot
+from evsys_core.history.held import HeldConnection
 from evsys_core.history.ingest import format_conclusion
-from evsys_core.history.refresh import Refresher, RefreshStats, unchanged
+from evsys_core.history.refresh import Refresher, RefreshStats, settled_unchanged, unchanged
 from evsys_core.history.store import (
     QUERY_TIMEOUT_S,
     CorruptIndexError,
@@ -66,17 +68,28 @@ class QueryResult(NamedTuple):
 
 
 def open_index(workspace: Path | str, refresh: bool = True,
-               query_timeout_s: float | None = QUERY_TIMEOUT_S) -> "Index":
+               query_timeout_s: float | None = QUERY_TIMEOUT_S, **options: Any) -> "Index":
     """The index of `workspace`, brought up to date first unless `refresh=False` (it is still
-    built if missing or unreadable). Every read stops after `query_timeout_s` (None: never)."""
-    idx = Index(workspace, query_timeout_s)
+    built if missing or unreadable). Every read stops after `query_timeout_s` (None: never).
+    `options` go to Index (recheck_finished_s, hold: for a long-lived reader)."""
+    idx = Index(workspace, query_timeout_s, **options)
     if refresh or not idx.db_path.exists():
         idx.refresh()
     return idx
 
 
 class Index:
-    def __init__(self, workspace: Path | str, query_timeout_s: float | None = QUERY_TIMEOUT_S):
+    """One workspace's index. Each refresh checks the disk and each read opens its own
+    read-only connection, unless a long-lived reader asks otherwise:
+    - `recheck_finished_s`: a refresh within that many seconds of the last full walk is a
+      settled check (refresh.settled_unchanged): new, removed and running runs are seen at
+      once, a file added, removed or replaced inside a finished run's directory within that
+      window (an in-place edit of one, as always, only with `full=True`);
+    - `hold`: keep the read-only connection open between reads (held.py; never in a
+      writer's way)."""
+
+    def __init__(self, workspace: Path | str, query_timeout_s: float | None = QUERY_TIMEOUT_S,
+                 recheck_finished_s: float = 0.0, hold: bool = False):
         ws = Path(workspace).expanduser()
         if not ws.is_dir():
             raise UsageError(f"workspace {ws} is not a directory; pass --workspace DIR "
@@ -89,6 +102,10 @@ class Index:
         self.last_refresh: RefreshStats | None = None
         self.query_timeout_s = query_timeout_s or None  # one limit for every read, SQL or not
         self._mutex = threading.RLock()  # one DuckDB connection per Index at a time
+        self.recheck_finished_s = recheck_finished_s
+        self._swept: float | None = None  # monotonic time of the last full walk
+        self._snap: tuple | None = None  # (file identities, the snapshot loaded from them)
+        self._held = HeldConnection(str(self.db_path), str(self.lock_path)) if hold else None
 
     # ---------------------------------------------------------------- refreshing
     def refresh(self, full: bool = False, runs: Sequence[str] = ()) -> RefreshStats:
@@ -113,14 +130,40 @@ class Index:
 
     def _refresh_once(self, full: bool, runs: Sequence[str]) -> RefreshStats:
         hint = None
+        started = time.monotonic()
+        settled = (not full and not runs and self._swept is not None
+                   and started - self._swept < self.recheck_finished_s)
         if not full and not runs and self.db_path.exists():
-            snap = snapshot.load(str(self.snapshot_path), str(self.db_path))
+            snap = self._snapshot()
+            if snap is not None and settled:
+                stats = settled_unchanged(str(self.workspace), snap)
+                if stats is not None:
+                    self.last_refresh = stats
+                    return stats
             if snap is not None:
                 stats, walk = unchanged(str(self.workspace), snap)
                 if stats is not None:
                     self.last_refresh = stats
+                    self._swept = started
                     return stats
                 hint = (snap.ident, walk)
+        if self._held is not None:
+            self._held.close()  # this process is about to write the file
+        stats = self._refresh_written(full, runs, hint)
+        self._swept = started  # every path below the settled check walks everything
+        return stats
+
+    def _snapshot(self) -> snapshot.Snapshot | None:
+        """The snapshot, loaded again only when its file was rewritten (a long-lived reader
+        checks it on every call; loading 10,000 runs' worth takes ~10 ms)."""
+        key = (_file_id(self.snapshot_path), snapshot.db_identity(str(self.db_path)))
+        if self._snap is not None and key[0] is not None and self._snap[0] == key:
+            return self._snap[1]
+        snap = snapshot.load(str(self.snapshot_path), str(self.db_path))
+        self._snap = (key, snap) if snap is not None else None
+        return snap
+
+    def _refresh_written(self, full: bool, runs: Sequence[str], hint: tuple | None) -> RefreshStats:
         try:
             safefs.makedirs(self.dir, self.workspace)  # never a link out of the workspace
             for p in (self.db_path, Path(f"{self.db_path}.wal")):  # DuckDB follows links
@@ -245,8 +288,14 @@ class Index:
             if not self.db_path.exists():
                 self.refresh()
             seen = _file_id(self.db_path)
+            held = self._held
+            if held is not None:
+                held.release_if_writer()  # never sit on the file while a writer waits for it
             try:
                 with file_lock(str(self.lock_path), exclusive=False, root=self.workspace) as lock:
+                    if held is not None:
+                        _still_held(lock)
+                        return held.read(lambda cur: run_bounded(cur, fn, limit))
                     con = connect(str(self.db_path), read_only=True)
                     try:
                         _still_held(lock)  # else the file opened may be a new one half built
@@ -261,6 +310,8 @@ class Index:
                 damage = str(e)
             if attempt == 2:
                 break
+            if held is not None:
+                held.close()
             with file_lock(str(self.lock_path), exclusive=True, root=self.workspace):
                 if _file_id(self.db_path) == seen:  # nobody rebuilt it meanwhile
                     self._discard(damage)
@@ -345,19 +396,26 @@ class Index:
     def metric_keys(self) -> list[tuple[str, str, int]]:
         return self._read(reports.metric_keys)
 
+    def close(self) -> None:
+        """Close the held connection, if any (the next read opens one again)."""
+        if self._held is not None:
+            self._held.close()
+
     def __repr__(self) -> str:
         return f"Index({str(self.workspace)!r})"
 
 
-def conclude(workspace: Path | str, run: str, text: str, author: str = "human") -> dict[str, Any]:
-    """Append a conclusion to the run's conclusion.md and update the index.
+def conclude(workspace: Path | str, run: str, text: str, author: str = "human",
+             index: "Index | None" = None) -> dict[str, Any]:
+    """Append a conclusion to the run's conclusion.md and update the index (`index`, already
+    refreshed, if the caller keeps one: e.g. one holding its connection).
 
     Returns {run_id, name, path (of conclusion.md), author, text}."""
     text = (text or "").strip()
     if not text:
         raise UsageError("the conclusion is empty; pass the text to record")
     author = " ".join(str(author or "").split()) or "human"
-    idx = open_index(workspace)
+    idx = index or open_index(workspace)
     r = idx.resolve(run)
     path = Path(r["run_dir"]) / rundir.CONCLUSION
     entry = format_conclusion(text, author)

@@ -64,15 +64,20 @@ def pooled_scores(con: Any, run_ids: Sequence[str], key: str,
     return pooled, used
 
 
-def _value_at(con: Any, run_id: str, key: str, step: int | None) -> tuple[Any, int | None]:
-    """(value, step) of a metric at `step`, or its final value when step is None."""
+def _values_at(con: Any, run_ids: Sequence[str], key: str,
+               step: int | None) -> list[tuple[Any, int | None]]:
+    """(value, step) of a metric in each of `run_ids` (in their order) at `step`, or its final
+    value when step is None; (None, None) for a run without it. One query for all the runs."""
+    ids = list(run_ids)
     if step is None:
-        row = con.execute("SELECT final_value, final_step FROM metric_summary WHERE run_id = ? "
-                          "AND key = ?", [run_id, key]).fetchone()
+        rows = con.execute("SELECT run_id, final_value, final_step FROM metric_summary WHERE "
+                           "key = ? AND run_id IN (SELECT unnest(?::VARCHAR[]))", [key, ids])
     else:
-        row = con.execute("SELECT value, step FROM metrics WHERE run_id = ? AND key = ? AND "
-                          "step = ? ORDER BY line DESC LIMIT 1", [run_id, key, step]).fetchone()
-    return (row[0], row[1]) if row else (None, None)
+        rows = con.execute("SELECT run_id, arg_max(value, line), any_value(step) FROM metrics "
+                           "WHERE key = ? AND step = ? AND run_id IN (SELECT unnest(?::VARCHAR[]))"
+                           " GROUP BY run_id", [key, step, ids])
+    got = {r: (v, s) for r, v, s in rows.fetchall()}
+    return [got.get(r, (None, None)) for r in ids]
 
 
 def side_keys(con: Any, run_ids: Sequence[str]) -> dict[str, str]:
@@ -105,7 +110,7 @@ def compare_metrics(con: Any, base: dict[str, Any], cand: dict[str, Any], *,
 
 def _compare_key(con: Any, base: dict[str, Any], cand: dict[str, Any], key: str, split: str,
                  step: int | None) -> dict[str, Any]:
-    at = {side: [_value_at(con, r, key, step) for r in s["run_ids"]]
+    at = {side: _values_at(con, s["run_ids"], key, step)
           for side, s in (("base", base), ("cand", cand))}
     value = {side: _mean([v for v, _ in vals]) for side, vals in at.items()}
     last = {side: max((s for _, s in vals if s is not None), default=None)
@@ -164,7 +169,7 @@ def versus_top(con: Any, sides: list[dict[str, Any]], key: str) -> list[dict[str
         return out
 
     def pool(s: dict[str, Any]) -> tuple[dict[str, list[float]], int]:
-        steps = [_value_at(con, r, key, None)[1] for r in s["run_ids"]]
+        steps = [st for _, st in _values_at(con, s["run_ids"], key, None)]
         return pooled_scores(con, s["run_ids"], key, steps)
 
     top = pool(sides[0])

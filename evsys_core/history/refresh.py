@@ -47,6 +47,7 @@ class RefreshStats:
     rebuilt: bool = False
     full: bool = False
     fast_path: bool = False  # answered from the snapshot, without opening the database
+    settled: bool = False  # a settled check: finished run directories not stat'ed
     seconds: float = 0.0
 
     @property
@@ -90,21 +91,52 @@ def unchanged(root: str, snap: Snapshot) -> tuple[RefreshStats | None, discover.
     walk = discover.walk(root, snap.dirs, set(snap.live))
     if walk.dirty or walk.deleted or walk.removed_runs:
         return None, walk
+    if any(rel not in snap.live for rel in walk.to_check):
+        return None, walk
+    checked = _live_unchanged(root, snap, walk.to_check)
+    if checked is None:
+        return None, walk
+    return RefreshStats(runs_total=walk.runs, dirs_checked=walk.dirs_checked, files_checked=checked,
+                        fast_path=True, seconds=time.perf_counter() - t0), walk
+
+
+def settled_unchanged(root: str, snap: Snapshot) -> RefreshStats | None:
+    """The settled check (what a long-lived reader does between full walks): stats of a
+    refresh with nothing to do if every folder that is not a run directory still has its
+    remembered mtime and every running run's files are as remembered; None if anything may
+    have changed (then the full walk decides). Finished run directories are not stat'ed:
+    under an unchanged folder none was added, removed or renamed, but a file created,
+    removed or replaced inside one is not seen here (the next full walk sees it)."""
+    t0 = time.perf_counter()
+    watch = snap.watched(root)
+    lstat = os.lstat
+    for path, mtime in watch:
+        try:
+            if lstat(path).st_mtime_ns != mtime:
+                return None
+        except OSError:
+            return None
+    checked = _live_unchanged(root, snap, snap.live)
+    if checked is None:
+        return None
+    return RefreshStats(runs_total=snap.n_runs, dirs_checked=len(watch), files_checked=checked,
+                        fast_path=True, settled=True, seconds=time.perf_counter() - t0)
+
+
+def _live_unchanged(root: str, snap: Snapshot, rels: Any) -> int | None:
+    """Files stat'ed if the running runs `rels` are as the snapshot remembers them, else None."""
     now = time.time()
     checked = 0
-    for rel in walk.to_check:
-        lr = snap.live.get(rel)
-        if lr is None:
-            return None, walk
+    for rel in rels:
+        lr = snap.live[rel]
         run_dir = discover.join(root, rel)
         on_disk = ingest.list_run_files(run_dir, rel)
         checked += len(on_disk)
         if {p: (st.size, st.mtime_ns, st.ino) for p, st in on_disk.items()} != lr.files:
-            return None, walk
+            return None
         if _status_moved(run_dir, lr.pid, lr.inferred, on_disk, now):
-            return None, walk
-    return RefreshStats(runs_total=walk.runs, dirs_checked=walk.dirs_checked, files_checked=checked,
-                        fast_path=True, seconds=time.perf_counter() - t0), walk
+            return None
+    return checked
 
 
 def _status_moved(run_dir: str, pid: int | None, inferred: bool,

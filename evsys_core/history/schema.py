@@ -102,7 +102,7 @@ SELECT run_id, key, arg_max_null(split, ord) AS split, count(*) AS n,
        min(value) FILTER (WHERE NOT isnan(value)) AS min_value,
        arg_min(step, value) FILTER (WHERE NOT isnan(value)) AS min_step
 FROM (
-    SELECT *, (coalesce(step, -1) * 4294967296 + line) AS ord
+    SELECT *, (coalesce(step, -1)::HUGEINT * 4294967296 + line) AS ord  -- HUGEINT: any 64-bit step
     FROM metrics WHERE run_id IN (SELECT unnest(?::VARCHAR[]))
 )
 GROUP BY run_id, key

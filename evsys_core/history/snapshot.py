@@ -37,6 +37,24 @@ class Snapshot:
     dirs: dict[str, DirRec]
     live: dict[str, LiveRun]  # run dir (relative) -> its state
     ident: tuple = ()  # db_identity() of the index it describes (set by load)
+    _watch: list | None = None
+    _runs: int | None = None
+
+    def watched(self, root: str) -> list[tuple[str, int]]:
+        """(absolute path, remembered mtime) of every folder a settled check stats: the root,
+        every folder that is not a run directory, and any directory whose record is too
+        recent to trust (mtime 0: it never matches, so the full walk looks again)."""
+        if self._watch is None:
+            self._watch = [(os.path.join(root, p) if p else root, r.mtime_ns)
+                           for p, r in self.dirs.items()
+                           if not p or r.kind == "tree" or not r.mtime_ns]
+        return self._watch
+
+    @property
+    def n_runs(self) -> int:
+        if self._runs is None:
+            self._runs = sum(1 for r in self.dirs.values() if r.kind == "run")
+        return self._runs
 
 
 def db_identity(db_path: str) -> tuple:

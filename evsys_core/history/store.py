@@ -4,7 +4,8 @@ Two kinds of connection, never open at the same time in one process:
 - the writer: read-write, used only by refresh, under an exclusive `flock` on
   `.evsys/index.lock`, so two refreshing processes run one after the other;
 - readers: read-only, with `enable_external_access=false` and `lock_configuration=true`, under
-  a shared `flock`, opened per call and closed before the lock is released.
+  a shared `flock`, opened per call and closed before the lock is released (a long-lived
+  reader may keep its one open between calls: held.py says how it stays out of the way).
 DuckDB itself lets one process write or many read a file; the flock makes a reader wait for a
 refresh in progress instead of failing. A program outside evsys holding the file (the duckdb
 CLI, say) is waited for too, up to the timeout.
@@ -177,7 +178,11 @@ def is_damage(e: Exception) -> bool:
 
 
 def is_lock_conflict(e: Exception) -> bool:
-    return isinstance(e, duckdb.IOException) and "lock" in str(e).lower()
+    """Another connection holds the file: another process (DuckDB's file lock), or another
+    Index in this one with its read-only connection held (held.py: it lets go shortly)."""
+    msg = str(e).lower()
+    return ((isinstance(e, duckdb.IOException) and "lock" in msg)
+            or (isinstance(e, duckdb.ConnectionException) and "different configuration" in msg))
 
 
 def connect(db_path: str, read_only: bool, timeout_s: float = LOCK_TIMEOUT_S):

@@ -1,6 +1,6 @@
 """`evsys launch | status | wait | cancel | logs`: the job engine at a terminal.
 
-    evsys launch CONFIG [--set KEY=VALUE]... [--run-name NAME] [--max-concurrent N] [--json]
+    evsys launch CONFIG [--set KEY=VALUE]... [--run-name NAME] [--seeds 0,1,2] [--max-concurrent N] [--json]
     evsys status RUN [--json]
     evsys wait RUN [--timeout S] [--json]          (progress on stderr)
     evsys cancel RUN [--grace S] [--json]
@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value")
     p.add_argument("--run-name", help="name of the run directory (default: the local_logger run_name)")
+    p.add_argument("--seeds", metavar="S,S,...",
+                   help="launch one replicate group: the config once per seed, one after another in one "
+                        "process (directories <run_name>-s<seed>), e.g. --seeds 0,1,2")
     p.add_argument("--max-concurrent", type=int, metavar="N",
                    help="refuse while N runs are already running (default: no limit)")
     p.set_defaults(func=_launch)
@@ -75,9 +78,19 @@ def print_launch(launch: Any, as_json: bool) -> int:
     d = {"run_id": launch.run_id, "run_name": launch.run_name, "run_dir": str(launch.run_dir),
          "pid": launch.pid, "kind": launch.kind, "status": "running", "log_path": str(launch.log_path)}
     what = "score" if launch.kind == SCORE else "run"
-    _print(d, as_json, [f"Launched {what} {launch.run_name} ({launch.run_id}), pid {launch.pid}",
-                        f"Logs: {launch.log_path}",
-                        f"Follow: evsys wait {launch.run_id}  ·  stop: evsys cancel {launch.run_id}"])
+    lines = [f"Launched {what} {launch.run_name} ({launch.run_id}), pid {launch.pid}",
+             f"Logs: {launch.log_path}",
+             f"Follow: evsys wait {launch.run_id}  ·  stop: evsys cancel {launch.run_id}"]
+    if launch.group_id:
+        d.update(group_id=launch.group_id, group_name=launch.group_name,
+                 replicates=[{"seed": r.seed, "run_id": r.run_id, "run_name": r.run_name,
+                              "run_dir": str(r.run_dir)} for r in launch.replicates])
+        lines = [f"Launched group {launch.group_name} ({launch.group_id}), pid {launch.pid}: "
+                 + ", ".join(f"seed {r.seed} {r.run_name} ({r.run_id})" for r in launch.replicates),
+                 "the seeds run one after another; each replicate logs to its own train.log",
+                 f"Follow: evsys wait {launch.replicates[-1].run_id} (the last seed)  ·  "
+                 f"stop all: evsys cancel {launch.run_id}  ·  then: evsys show {launch.group_name}"]
+    _print(d, as_json, lines)
     return 0
 
 
@@ -85,7 +98,8 @@ def _launch(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     engine = _engine(args, args.max_concurrent)
-    return print_launch(engine.launch_run(args.config, args.overrides, args.run_name), args.json)
+    return print_launch(engine.launch_run(args.config, args.overrides, args.run_name, seeds=args.seeds),
+                        args.json)
 
 
 def _status_lines(st: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """The job engine: training runs and score runs as detached processes.
 
     Engine(workspace, max_concurrent=None)
-      .launch_run(config, overrides, run_name)      -> Launch   (returns once the child is started)
+      .launch_run(config, overrides, run_name, seeds=None) -> Launch (returns once the child is started;
+                                                    with seeds, one process runs the replicate group)
       .launch_score(benchmark, model=|run=, ...)    -> Launch
       .status(run_dir)                              -> dict     (run.json, elapsed, latest metrics)
       .poll(run_dir) / .wait(run_dir, timeout_s)    -> (dict, finished) / dict
@@ -24,12 +25,12 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from evsys_core import rundir, safefs
-from evsys_core.errors import ConfigError, EvsysError, RunError
+from evsys_core.errors import ConfigError, EvsysError, RunError, UsageError
 from evsys_core.jobs import pages, process
 from evsys_core.jobs.record import SCORE, TRAIN, kind_of, new_record, shown_path
 
@@ -47,9 +48,16 @@ class Launch:
     kind: str
     config_path: Path | None
     log_path: Path
+    seed: int | None = None
+    group_id: str | None = None      # a replicate group's launch: every replicate, in run order
+    group_name: str | None = None
+    replicates: list["Launch"] = field(default_factory=list)
 
     def as_dict(self, workspace: Path) -> dict[str, Any]:
-        d = asdict(self)
+        return {**self._plain(workspace), "replicates": [r._plain(workspace) for r in self.replicates]}
+
+    def _plain(self, workspace: Path) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "replicates"}  # (it holds self)
         for k in ("run_dir", "config_path", "log_path"):
             d[k] = shown_path(d[k], workspace)
         return {**d, "status": rundir.ACTIVE}
@@ -109,16 +117,28 @@ class Engine:
 
     def launch_run(self, config: Path | str, overrides: Sequence[str] = (), run_name: str | None = None,
                    check: Callable[[Any], None] | None = None,
-                   deep_check: Callable[[Path, Sequence[str]], None] | None = None) -> Launch:
+                   deep_check: Callable[[Path, Sequence[str]], None] | None = None,
+                   seeds: Sequence[int] | str | None = None) -> Launch:
         """Check the config as `evsys run` would (loading it once), claim a run directory and
         start `evsys run CONFIG --run-dir DIR` detached. `check(cfg)` may refuse it first;
         `deep_check(config, overrides)` replaces the in-process deep check (`runner.plan`, which
-        runs the config's own code) for a caller that must not run it (the MCP server)."""
+        runs the config's own code) for a caller that must not run it (the MCP server).
+
+        With `seeds` it launches one replicate group (replicates.py): a directory
+        `<run_name>-s<seed>` and a provisional run.json per seed, and one process running
+        `evsys run CONFIG --seeds ... --group-id G --run-dir D0 --run-dir D1 ...`, the seeds
+        one after another. It takes one place under max_concurrent (one process); the Launch
+        is the first replicate's, with every replicate in `replicates`."""
         from evsys_core import runner
         from evsys_core.config import load_config
+        from evsys_core.replicates import new_group_id, parse_seeds
 
         config = Path(config)
         try:
+            if seeds is not None:
+                seeds = parse_seeds(seeds)
+                if any(o.split("=", 1)[0].strip() == "seed" for o in overrides):
+                    raise UsageError("an override sets seed and seeds sets it too; give the seeds alone")
             cfg = load_config(config, overrides, self.workspace)
             if check is not None:
                 check(cfg)
@@ -141,13 +161,31 @@ class Engine:
         record = dict(kind=TRAIN, algorithm=cfg.algorithm.kind, model=cfg.model.name, backend=cfg.backend.kind,
                       max_steps=getattr(cfg.algorithm.params, "max_steps", None),
                       config_path=shown_path(config, self.workspace))
-        return self._start(TRAIN, output_dir, run_name or default_name, args, record, config)
+        name = run_name or default_name
+        if seeds is None:
+            return self._start(TRAIN, output_dir, [name], args, [record], config)
+        from evsys_core.replicates import replicate_name
 
-    def launch_score(self, benchmark: Path | str, **options: Any) -> Launch:
-        """Check a score as `evsys score` would and start it detached (kind "score")."""
+        group = {"group_id": new_group_id(), "group_name": name}
+        args += ["--seeds", ",".join(map(str, seeds)), "--group-id", group["group_id"], "--run-name", name]
+        launches = self._start(TRAIN, output_dir, [replicate_name(name, s) for s in seeds], args,
+                               [{**record, **group} for _ in seeds], config, every=True)
+        for launch, seed in zip(launches, seeds):
+            launch.seed, launch.group_id, launch.group_name = seed, group["group_id"], name
+        first = launches[0]
+        first.replicates = launches
+        return first
+
+    def launch_score(self, benchmark: Path | str, deep_check: Callable[[Path], None] | None = None,
+                     **options: Any) -> Launch:
+        """Check a score as `evsys score` would and start it detached (kind "score").
+        `deep_check(benchmark_dir)`: a caller that must not import the benchmark's python
+        verifiers (the MCP server) checks them with it instead (in a child process)."""
         from evsys_core.benchmarks.cli import plan_score, score_record
 
-        plan = plan_score(self.workspace, benchmark, **options)
+        plan = plan_score(self.workspace, benchmark, import_code=deep_check is None, **options)
+        if deep_check is not None and any(t.verifier.kind == "python" for t in plan.tasks):
+            deep_check(plan.bench_dir)
         args = ["score", "--benchmark", str(plan.bench_dir), "--workspace", str(self.workspace)]
         for key, value in options.items():
             if value is None:
@@ -156,22 +194,39 @@ class Engine:
             args += [flag, *map(str, value)] if isinstance(value, (list, tuple)) else [flag, str(value)]
         if not options.get("output"):
             args += ["--output", str(plan.out_dir)]
-        return self._start(SCORE, plan.out_dir, plan.dir_name, args, None, None,
+        return self._start(SCORE, plan.out_dir, [plan.dir_name], args, [{}], None,
                            record_of=lambda d, pid: score_record(plan, d, pid))
 
-    def _start(self, kind: str, output_dir: Path, name: str, args: list[str], record: dict[str, Any] | None,
-               config: Path | None, record_of: Callable[[Path, int], dict[str, Any]] | None = None) -> Launch:
+    def _start(self, kind: str, output_dir: Path, names: list[str], args: list[str],
+               records: list[dict[str, Any]], config: Path | None,
+               record_of: Callable[[Path, int], dict[str, Any]] | None = None, every: bool = False) -> Any:
+        """Claim one run directory per name, start ONE process naming them all (`--run-dir`
+        each; its output goes to the first one's train.log) and write each a provisional
+        run.json owned by it. The first Launch, or (`every`) all of them."""
         with self._capacity_lock():
             self.check_capacity(kind)
-            run_dir = rundir.claim_run_dir(output_dir, name, self.workspace)
-            proc = process.spawn(process.evsys_command(*args, "--run-dir", str(run_dir)),
-                                 run_dir, self.workspace)
+            dirs: list[Path] = []
+            try:
+                for name in names:
+                    dirs.append(rundir.claim_run_dir(output_dir, name, self.workspace))
+                run_dirs = [x for d in dirs for x in ("--run-dir", str(d))]
+                proc = process.spawn(process.evsys_command(*args, *run_dirs), dirs[0], self.workspace)
+            except BaseException:
+                for d in dirs:  # nothing started: leave no claimed directory behind
+                    with contextlib.suppress(OSError):
+                        (d / rundir.TRAIN_LOG).unlink(missing_ok=True)
+                        d.rmdir()
+                raise
             self._children[proc.pid] = proc
-            info = record_of(run_dir, proc.pid) if record_of else new_record(run_dir, pid=proc.pid, **record)
-            info = _write_provisional(run_dir, {**info, "provisional": True})
-            run_id = str(info["id"])
-            self.launched[run_id] = run_dir
-        return Launch(run_id, run_dir.name, run_dir, proc.pid, kind, config, run_dir / rundir.TRAIN_LOG)
+            launches = []
+            for run_dir, record in zip(dirs, records):
+                info = record_of(run_dir, proc.pid) if record_of else new_record(run_dir, pid=proc.pid, **record)
+                info = _write_provisional(run_dir, {**info, "provisional": True})
+                run_id = str(info["id"])
+                self.launched[run_id] = run_dir
+                launches.append(Launch(run_id, run_dir.name, run_dir, proc.pid, kind, config,
+                                       run_dir / rundir.TRAIN_LOG))
+        return launches if every else launches[0]
 
     @contextlib.contextmanager
     def _capacity_lock(self) -> Iterator[None]:
@@ -226,10 +281,11 @@ class Engine:
         if self.max_concurrent is None:
             return
         active = self.active(kind)
-        if len(active) >= self.max_concurrent:
+        processes = {(a.get("pid"), a.get("pid_started")) for a in active}  # a group's replicates share one
+        if len(processes) >= self.max_concurrent:
             what = "score run" if kind == SCORE else "run"
             names = ", ".join(f"{a.get('id')} ({a.get('name')}, pid {a.get('pid')})" for a in active)
-            raise RunError(f"{len(active)} {what}(s) already running, the limit is {self.max_concurrent}: {names}; "
+            raise RunError(f"{len(processes)} {what}(s) already running, the limit is {self.max_concurrent}: {names}; "
                            "wait for one to finish (`evsys wait`) or cancel one (`evsys cancel`) first")
 
     # --- following a job ----------------------------------------------------------------
@@ -261,8 +317,14 @@ class Engine:
         if (run_dir / rundir.TRAIN_LOG).is_file():
             lines = [ln for ln in pages.tail_lines(run_dir / rundir.TRAIN_LOG, 5)[0] if ln.strip()]
             last = lines[-1] if lines else ""
-        info.update(status="failed", provisional=False, ended_at=info.get("ended_at") or time.time(),
-                    error=f"the job exited before it started: {last[:500]} (its log has the whole output)")
+        if info.get("group_id") and not last:  # a replicate whose turn never came
+            info.update(status="interrupted", provisional=False, ended_at=info.get("ended_at") or time.time(),
+                        error="the replicate group's process ended before this replicate's turn (cancelled, "
+                              "or an earlier replicate was interrupted); the first replicate's train.log has "
+                              "its output")
+        else:
+            info.update(status="failed", provisional=False, ended_at=info.get("ended_at") or time.time(),
+                        error=f"the job exited before it started: {last[:500]} (its log has the whole output)")
         rundir.write_json_atomic(run_dir / rundir.RUN_JSON, info, run_dir)
         return info
 

@@ -62,12 +62,13 @@ def status_badge(run_id: str, status: Any) -> str:
             f"data-status='{e(status)}'>{e(status)}</span>")
 
 
-def with_ci(value: Any, ci: Any, n: Any = None) -> str:
-    """`0.727 ± 0.134` with the interval and the number of tasks in its tooltip."""
+def with_ci(value: Any, ci: Any, n: Any = None, unit: str = "tasks") -> str:
+    """`0.727 ± 0.134` with the interval and the number of tasks (or, for a replicate group's
+    mean, of runs) in its tooltip."""
     if ci is None or not isinstance(value, (int, float)):
-        return e(value)
+        return e(value) + ("<small> (1 run)</small>" if unit == "runs" and n == 1 else "")
     lo, hi = ci
-    tip = f"95% CI [{fmt(lo)}, {fmt(hi)}]" + (f", {fmt(n)} tasks" if n is not None else "")
+    tip = f"95% CI [{fmt(lo)}, {fmt(hi)}]" + (f", {fmt(n)} {unit}" if n is not None else "")
     return (f"<span class=ci title='{e(tip)}'>{e(value)}"
             f"<small> ± {e((hi - lo) / 2)}</small></span>")
 
@@ -115,45 +116,82 @@ def runs_page(data: dict[str, Any], q: Any) -> str:
     header += "".join(head(k, k.rsplit(".", 1)[-1]) for k in data["param_cols"]) + "".join(
         head(k) for k in data["metric_cols"]) + "<th>latest conclusion</th>"
     body = []
-    for r in data["runs"]:
-        rid = r["run_id"]
-        cells = [
-            f"<td><input type=checkbox name=run value='{e(rid)}' aria-label='compare "
-            f"{e(r['name'])}'></td>",
-            f"<td class=name><a href='{link('/run', {'id': rid})}'>{e(r['name'])}</a></td>",
-            f"<td>{status_badge(rid, r['status'])}</td>",
-            f"<td>{e(r['algorithm'])}</td>", f"<td>{e(r['model'])}</td>",
-            f"<td class=steps data-run='{e(rid)}'>{_steps(r)}</td>",
-            f"<td class=time>{e((r['started_at'] or '').replace('T', ' ').rstrip('Z'))}</td>",
-        ]
-        cells += [f"<td class=param>{e(r['params'].get(k))}</td>" for k in data["param_cols"]]
-        cells += [f"<td class=num data-key='{e(k)}'>{with_ci(**r['metrics'][k])}</td>"
-                  for k in data["metric_cols"]]
-        cells.append(f"<td class=conclusion>{e(_short(r['conclusion'], 160))}</td>")
-        body.append(f"<tr data-run='{e(rid)}'>{''.join(cells)}</tr>")
+    for r in data["rows"]:
+        if r["kind"] == "group":
+            body.append(_group_tr(r, data))
+            body += [_run_tr(m, data, member_of=r["group_id"]) for m in r["members"]]
+        else:
+            body.append(_run_tr(r, data))
     total, page, size = data["total"], data["page"], data["page_size"]
     last = max(1, -(-total // size))
-    nav = f"<span class=count>{total} runs</span>"
+    n_groups = sum(r["kind"] == "group" for r in data["rows"])
+    rows = f" in {total} row{'s' if total != 1 else ''}" if total != data["n_runs"] else ""
+    nav = f"<span class=count>{data['n_runs']} runs{rows}</span>"
     if page > 1:
         nav += f" <a rel=prev href='{link('/', q.params(page=page - 1))}'>← newer</a>"
     if last > 1:
         nav += f" page {page} of {last}"
     if page < last:
         nav += f" <a rel=next href='{link('/', q.params(page=page + 1))}'>older →</a>"
-    groups = ""
-    if data["groups"]:
-        groups = "<h2>Replicate groups</h2>" + _table(
-            ["group", "runs", *data["metric_cols"]],
-            [[g.get("name"), g.get("n")] + [with_ci(**g["metrics"][k]) if k in g.get("metrics", {})
-                                            else "" for k in data["metric_cols"]]
-             for g in data["groups"]], raw_cols=set(range(2, 2 + len(data["metric_cols"]))))
+    if n_groups:
+        nav += (" <small>(a replicate group is one row: mean over its completed runs ± half "
+                "its 95% t-interval; ▸ lists its runs)</small>")
     table = (
         "<form method=get action='/compare' class=compare>"
         f"<div class=bar>{nav} <button type=submit>Compare selected</button></div>"
         f"<table id=runs class=runs><thead><tr>{header}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></form>"
     )
-    return layout("runs", f"<h1>Runs</h1>{form}{problems}{groups}{table}")
+    return layout("runs", f"<h1>Runs</h1>{form}{problems}{table}")
+
+
+def _run_tr(r: dict[str, Any], data: dict[str, Any], member_of: str | None = None) -> str:
+    rid = r["run_id"]
+    name = f"<a href='{link('/run', {'id': rid})}'>{e(r['name'])}</a>"
+    cells = [
+        f"<td><input type=checkbox name=run value='{e(rid)}' aria-label='compare "
+        f"{e(r['name'])}'></td>",
+        f"<td class=name>{name}</td>" if member_of is None or r["seed"] is None else
+        f"<td class=name><span class=seed>seed {e(r['seed'])}</span> {name}</td>",
+        f"<td>{status_badge(rid, r['status'])}</td>",
+        f"<td>{e(r['algorithm'])}</td>", f"<td>{e(r['model'])}</td>",
+        f"<td class=steps data-run='{e(rid)}'>{_steps(r)}</td>",
+    ] + _value_cells(r, data)
+    if member_of is None:
+        return f"<tr data-run='{e(rid)}'>{''.join(cells)}</tr>"
+    return (f"<tr class=member data-run='{e(rid)}' data-member-of='{e(member_of)}' hidden>"
+            f"{''.join(cells)}</tr>")
+
+
+def _group_tr(g: dict[str, Any], data: dict[str, Any]) -> str:
+    gid = g["group_id"]
+    seeds = ", ".join(map(fmt, g["seeds"]))
+    cls = f" st-{e(g['status'])}" if g["one_status"] else ""
+    cells = [
+        f"<td><input type=checkbox name=run value='{e(gid)}' aria-label='compare group "
+        f"{e(g['name'])}'></td>",
+        f"<td class=name><button type=button class=expand data-group='{e(gid)}' "
+        f"aria-expanded=false title='list its runs'>▸</button> <span class=group-name>"
+        f"{e(g['name'])}</span> <small class=seeds title='seeds {e(seeds)}'>"
+        f"{e(g['n_runs'])} seeds</small></td>",
+        f"<td><span class='status group-status{cls}'>{e(g['status'])}</span></td>",
+        f"<td>{e(g['algorithm'])}</td>", f"<td>{e(g['model'])}</td>",
+        f"<td class=steps>{_steps(g)}</td>",
+    ] + _value_cells(g, data)
+    return f"<tr class=group data-group='{e(gid)}'>{''.join(cells)}</tr>"
+
+
+def _value_cells(r: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """A row's start time, params, metrics (with their intervals) and latest conclusion."""
+    return ([f"<td class=time>{e(_time(r['started_at']))}</td>"]
+            + [f"<td class=param>{e(r['params'].get(k))}</td>" for k in data["param_cols"]]
+            + [f"<td class=num data-key='{e(k)}'>{with_ci(**r['metrics'][k])}</td>"
+               for k in data["metric_cols"]]
+            + [f"<td class=conclusion>{e(_short(r['conclusion'], 160))}</td>"])
+
+
+def _time(t: Any) -> str:
+    return (t or "").replace("T", " ").rstrip("Z")
 
 
 def _short(text: Any, n: int) -> str:
@@ -182,6 +220,7 @@ def run_page(d: dict[str, Any]) -> str:
              ("started", r["started_at"]), ("ended", r["ended_at"]),
              ("duration (s)", r["duration_s"]), ("path", r["path"]),
              ("git commit", r["git_commit"]), ("parent run", r["parent_run_id"]),
+             ("replicate group", r.get("group_name")), ("seed", r.get("seed")),
              ("error", r["error"])]
     out = [f"<h1>{e(r['name'])} {status_badge(rid, r['status'])}</h1>",
            "<dl class=facts>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts
@@ -309,12 +348,19 @@ def compare_page(d: dict[str, Any]) -> str:
     runs = d["runs"]
     names = [r["name"] for r in runs]
     legend = "<ol class=legend>" + "".join(
-        f"<li><svg class=swatch viewBox='0 0 10 10'><rect width=10 height=10 "
-        f"fill='{COLORS[i % len(COLORS)]}'></rect></svg>"
-        f"<a href='{link('/run', {'id': r['run_id']})}'>{e(r['name'])}</a> "
-        f"{status_badge(r['run_id'], r['status'])}{' <em>(base)</em>' if i == 0 else ''}</li>"
+        f"<li data-side='{e(r['run_id'])}'><svg class=swatch viewBox='0 0 10 10'><rect width=10 "
+        f"height=10 fill='{COLORS[i % len(COLORS)]}'></rect></svg>" + _side(r)
+        + (" <em>(base)</em>" if i == 0 else "") + "</li>"
         for i, r in enumerate(runs)) + "</ol>"
-    out = [f"<h1>Compare {len(runs)} runs</h1>", legend]
+    n_groups = sum(r["kind"] == "group" for r in runs)
+    what = "runs" if not n_groups else "replicate groups" if n_groups == len(runs) else \
+        "runs and groups"
+    out = [f"<h1>Compare {len(runs)} {what}</h1>", legend]
+    if n_groups:
+        out.append("<p class=note>A replicate group's value is the mean over its completed runs "
+                   "(± half its 95% t-interval); its verdict pools every replicate's paired "
+                   "tasks; its curves are the mean over its runs at each step; its per-task "
+                   "rate is the mean of its runs' pass rates on that task.</p>")
     rows = []
     for m in d["metrics"]:
         cells = [e(m["key"]), e(m["split"])]
@@ -353,6 +399,17 @@ def compare_page(d: dict[str, Any]) -> str:
     return layout("compare", "".join(out))
 
 
+def _side(r: dict[str, Any]) -> str:
+    """A compared run (its link and status) or group (its name, runs and seeds)."""
+    if r["kind"] == "run":
+        return (f"<a href='{link('/run', {'id': r['run_id']})}'>{e(r['name'])}</a> "
+                f"{status_badge(r['run_id'], r['status'])}")
+    runs = ", ".join(f"<a href='{link('/run', {'id': m['run_id']})}'>{e(m['name'])}</a>"
+                     for m in r["members"])
+    return (f"<strong class=group-name>{e(r['name'])}</strong> <small>replicate group, "
+            f"{e(r['status'])}: {runs}</small>")
+
+
 def _verdict(entry: dict | None, split: str) -> str:
     v = (entry or {}).get("verdict")
     if not v:
@@ -361,7 +418,9 @@ def _verdict(entry: dict | None, split: str) -> str:
         return f"<span class='verdict none' title='{e(why)}'>—</span>"
     detail = (f"Δ {fmt(entry.get('delta'))}, 95% CI [{fmt(entry.get('ci_low'))}, "
               f"{fmt(entry.get('ci_high'))}], p {fmt(entry.get('p_value'))} "
-              f"({entry.get('test') or 'paired test'}), {fmt(entry.get('n_tasks'))} paired tasks")
+              f"({entry.get('test') or 'paired test'}), {fmt(entry.get('n_tasks'))} paired tasks"
+              + (f", {fmt(entry['base_seeds'])} and {fmt(entry['cand_seeds'])} replicates pooled"
+                 if max(entry.get("base_seeds") or 1, entry.get("cand_seeds") or 1) > 1 else ""))
     return f"<span class='verdict v-{e(v)}' title='{e(detail)}'>{e(v)}</span>"
 
 
@@ -372,7 +431,7 @@ def _rate(v: Any) -> str:
 def _task_diff(p: dict[str, Any], base: str, cand: str) -> str:
     out = [f"<h2>Per task: {e(cand)} against {e(base)}</h2>"]
     if not p["tasks"]:
-        out.append("<p>No benchmark has predictions from both runs.</p>")
+        out.append("<p>No benchmark has predictions from both sides.</p>")
     for b in p["tasks"]:
         c = b["counts"]
         out.append(f"<section class=taskdiff data-benchmark='{e(b['benchmark'])}'>"

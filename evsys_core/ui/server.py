@@ -3,7 +3,8 @@
 Routes (GET and HEAD only; every other method is refused with 405):
   /                          the runs table; filters and sort are in the query string
   /run?id=RUN_ID[&eval=N]    one run; `eval` picks which evaluation's predictions to list
-  /compare?run=ID&run=ID...  two to eight runs side by side, the first one as the base
+  /compare?run=ID&run=ID...  two to eight runs or replicate groups (by id) side by side, the
+                             first one as the base
   /api/status?id=ID...       JSON: status and step of these runs (the pages poll it)
   /api/log?id=ID             JSON: the last lines of a run's train.log
   /static/NAME               the CSS and JS shipped in evsys_core/ui/static/
@@ -37,7 +38,7 @@ from evsys_core.errors import EvsysError, UsageError
 from evsys_core.history import reports
 from evsys_core.history.ingest import flatten
 from evsys_core.history.index import Index, open_index
-from evsys_core.ui import pages
+from evsys_core.ui import groups, pages
 
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
@@ -63,8 +64,9 @@ HEADERS = {
 }
 
 # --------------------------------------------------------------------------------------------
-# The seams: what the page shows of uncertainty, verdicts, replicate groups and logs comes from
-# exactly one call each, so that each is swapped for its owner's function in one place.
+# The seams: what the page shows of uncertainty, verdicts and logs comes from exactly one call
+# each, so that each is swapped for its owner's function in one place (replicate groups are
+# read in groups.py).
 
 
 def interval(value: Any, stderr: Any) -> tuple[float, float] | None:
@@ -75,18 +77,14 @@ def interval(value: Any, stderr: Any) -> tuple[float, float] | None:
 
 
 def compare_pair(con: Any, workspace: Path, base: str, cand: str) -> dict[str, Any]:
-    """The history's comparison of two runs (`reports.compare`): {runs: [base, cand], config:
+    """The history's comparison of two sides, each a run or a replicate group
+    (`reports.compare`): {runs: [base, cand], config:
     [{key, values}], config_keys_same, verdicts: {metric key: the paired entry: delta,
     ci_low, ci_high, p_value, n_tasks, verdict (None without per-task predictions), note}}."""
     cmp = reports.compare(con, workspace, base, cand)
     return {"runs": cmp["runs"], "config": cmp["config"],
             "config_keys_same": cmp["config_keys_same"],
             "verdicts": {m["key"]: m for m in cmp["metrics"]}}
-
-
-def replicate_groups(con: Any) -> list[dict[str, Any]]:
-    """Replicate groups (one config run under several seeds); empty while runs carry no group."""
-    return []
 
 
 def log_tail(path: Path, lines: int) -> tuple[list[str], bool]:
@@ -171,18 +169,24 @@ class Source:
 
     # ---------------------------------------------------------------------- the runs table
     def runs(self, q: RunsQuery) -> dict[str, Any]:
+        """One page of rows, each a run or a replicate group (its runs folded into one row).
+
+        Conditions on runs columns and params pick runs (a group is in when any of its runs
+        is); a condition on a metric, and a sort by one, use what the row shows: a run's final
+        value, a group's mean over its completed runs (the `group_metrics` view)."""
         def read(con: Any) -> dict[str, Any]:
             meta = self._meta(con)
             known = meta["keys"]
             problems: list[str] = []
-            conds, args = [], []
+            conds, args, iconds, iargs = [], [], [], []
             for col, value in (("status", q.status), ("algorithm", q.algorithm),
                                ("model", q.model)):
                 if value:
                     conds.append(f"r.{col} = ?")
                     args.append(value)
             if q.name:
-                conds.append("contains(lower(r.name), lower(?))")
+                conds.append("contains(lower(coalesce(r.group_name, '') || ' ' || r.name), "
+                             "lower(?))")
                 args.append(q.name)
             used: list[str] = []
             for text in q.filters:
@@ -191,53 +195,64 @@ class Source:
                 except BadRequest as e:
                     problems.append(str(e))
                     continue
-                conds.append(sql)
-                args.extend(a)
+                on_item = known.kind(key) == "metric"
+                (iconds if on_item else conds).append(sql)
+                (iargs if on_item else args).extend(a)
                 used.append(key)
-            join, jargs, order = "", [], "r.sort_time DESC NULLS LAST"
+            join, jargs, order, agg = "", [], "i.sort_time DESC NULLS LAST", ""
             if q.sort:
                 kind = known.kind(q.sort)
-                way = "DESC" if q.desc else "ASC"
+                way, pick = ("DESC", "max") if q.desc else ("ASC", "min")
                 if kind is None:
                     problems.append(f"sort: {known.unknown(q.sort)}")
+                elif q.sort == "name":
+                    order = f"i.name {way} NULLS LAST, {order}"
                 elif kind == "run":
-                    order = f"r.{reports.sql_ident(q.sort)} {way} NULLS LAST, {order}"
+                    agg = f", {pick}(r.{reports.sql_ident(q.sort)}) AS _s"
+                    order = f"i._s {way} NULLS LAST, {order}"
                 else:
-                    table, num, text = (("metric_summary", "final_value", "final_text")
-                                        if kind == "metric" else ("params", PARAM_NUM, "value_text"))
-                    join = (f" LEFT JOIN (SELECT run_id, {num} AS _n, {text} AS _t FROM {table} "
-                            "WHERE key = ?) s ON s.run_id = r.run_id")
-                    jargs = [q.sort]
+                    if kind == "metric":
+                        sub = ("SELECT run_id AS item, false AS is_group, final_value AS _n, "
+                               "final_text AS _t FROM metric_summary WHERE key = ? UNION ALL "
+                               "SELECT group_id, true, mean, NULL FROM group_metrics WHERE key = ?")
+                        jargs = [q.sort, q.sort]
+                    else:
+                        sub = (f"SELECT coalesce(r.group_id, r.run_id) AS item, r.group_id IS NOT "
+                               f"NULL AS is_group, {pick}({PARAM_NUM}) AS _n, {pick}(value_text) "
+                               "AS _t FROM params JOIN runs r USING (run_id) WHERE key = ? "
+                               "GROUP BY ALL")
+                        jargs = [q.sort]
+                    join = (f" LEFT JOIN ({sub}) s ON s.item = i.item "
+                            "AND s.is_group = (i.group_id IS NOT NULL)")
                     order = f"s._n {way} NULLS LAST, s._t {way} NULLS LAST, {order}"
                     used.append(q.sort)
             where = (" WHERE " + " AND ".join(conds)) if conds else ""
-            base = ("FROM (SELECT *, coalesce(started_at, created_at, last_modified) AS sort_time "
-                    f"FROM runs) r{join}{where}")
+            iwhere = (" WHERE " + " AND ".join(iconds)) if iconds else ""
+            items = ("WITH r AS (SELECT *, coalesce(group_id, run_id) AS item, "
+                     "coalesce(started_at, created_at, last_modified) AS sort_time FROM runs), "
+                     "i AS (SELECT item, any_value(group_id) AS group_id, coalesce("
+                     "any_value(group_name), any_value(name)) AS name, count(*) AS n_runs, "
+                     f"max(sort_time) AS sort_time{agg} FROM r{where} GROUP BY item) ")
             rows = con.execute(
-                "SELECT r.run_id, r.name, r.status, r.algorithm, r.model, r.steps, r.max_steps, "
-                f"r.started_at, r.duration_s, r.conclusion, count(*) OVER () {base} "
-                f"ORDER BY {order}, r.name LIMIT ? OFFSET ?",
-                [*jargs, *args, PAGE_SIZE, (q.page - 1) * PAGE_SIZE]).fetchall()
-            total = rows[0][-1] if rows else con.execute(
-                f"SELECT count(*) {base}", [*jargs, *args]).fetchone()[0]
+                f"{items}SELECT i.item, i.group_id, count(*) OVER (), sum(i.n_runs) OVER () "
+                f"FROM i{join}{iwhere} ORDER BY {order}, i.name, i.item LIMIT ? OFFSET ?",
+                [*args, *jargs, *iargs, PAGE_SIZE, (q.page - 1) * PAGE_SIZE]).fetchall()
+            total, n_runs = (rows[0][2], rows[0][3]) if rows else con.execute(
+                f"{items}SELECT count(*), sum(i.n_runs) FROM i{join}{iwhere}",
+                [*args, *jargs, *iargs]).fetchone()
             metric_cols = _unique(meta["eval_keys"] + [k for k in used if known.kind(k) == "metric"])
             param_cols = _unique(meta["param_cols"] + [k for k in used if known.kind(k) == "param"])
-            ids = [r[0] for r in rows]
-            cells = _cells(con, ids, metric_cols, param_cols)
-            runs = []
-            for r in rows:
-                m, p = cells.get(r[0], ({}, {}))
-                runs.append({
-                    "run_id": r[0], "name": r[1], "status": r[2], "algorithm": r[3],
-                    "model": r[4], "steps": r[5], "max_steps": r[6],
-                    "started_at": reports.iso(r[7]), "duration_s": r[8], "conclusion": r[9],
-                    "metrics": {k: _with_ci(m, k) for k in metric_cols},
-                    "params": {k: p.get(k) for k in param_cols},
-                })
-            return {"runs": runs, "total": total, "page": q.page, "page_size": PAGE_SIZE,
-                    "metric_cols": metric_cols, "param_cols": param_cols, "problems": problems,
-                    "options": meta["options"], "keys": meta["all_keys"],
-                    "groups": replicate_groups(con)}
+            group_ids = [r[1] for r in rows if r[1] is not None]
+            members = groups.members(con, group_ids)
+            stats_of = groups.statistics(con, group_ids, metric_cols)
+            ids = [r[0] for r in rows if r[1] is None] + [m for g in group_ids for m in members[g]]
+            runs = _run_rows(con, ids, metric_cols, param_cols)
+            shown = [runs[item] if gid is None else groups.row(
+                stats_of[gid], [runs[m] for m in members[gid]], metric_cols, param_cols)
+                for item, gid, *_ in rows]
+            return {"rows": shown, "total": total or 0, "n_runs": n_runs or 0, "page": q.page,
+                    "page_size": PAGE_SIZE, "metric_cols": metric_cols, "param_cols": param_cols,
+                    "problems": problems, "options": meta["options"], "keys": meta["all_keys"]}
 
         return self._read(read)
 
@@ -316,21 +331,21 @@ class Source:
 
     # -------------------------------------------------------------------------- compare
     def compare(self, ids: Sequence[str]) -> dict[str, Any]:
+        """Two to MAX_COMPARE sides, each a run or a replicate group (by id), against the
+        first. Verdicts and the config diff come from the history's compare of each pair; a
+        group's values are its mean over its completed runs (metrics from `group_metrics`;
+        curves and per-task pass rates averaged over those runs)."""
         ids = list(dict.fromkeys(i for i in ids if i))
         if not 2 <= len(ids) <= MAX_COMPARE:
-            raise BadRequest(f"compare takes 2 to {MAX_COMPARE} different runs (run=ID&run=ID), "
-                             f"got {len(ids)}; tick them in the runs table")
+            raise BadRequest(f"compare takes 2 to {MAX_COMPARE} different runs or groups "
+                             f"(run=ID&run=ID), got {len(ids)}; tick them in the runs table")
 
         def read(con: Any) -> dict[str, Any]:
-            found = {r for (r,) in con.execute("SELECT run_id FROM runs WHERE run_id IN "
-                                               "(SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise BadRequest(f"no run with id {missing[0]!r} in this workspace")
+            _check_ids(con, ids)
             pairs = [{"base": ids[0], "cand": c, **compare_pair(con, self.workspace, ids[0], c)}
                      for c in ids[1:]]
-            runs = [pairs[0]["runs"][0]] + [p["runs"][1] for p in pairs]
-            config: dict[str, list] = {}  # a key differs between some runs iff from the base
+            sides = [pairs[0]["runs"][0]] + [p["runs"][1] for p in pairs]
+            config: dict[str, list] = {}  # a key differs between some sides iff from the base
             for i, p in enumerate(pairs):
                 for c in p["config"]:
                     config.setdefault(c["key"], [c["values"][0]] + [None] * len(pairs))
@@ -339,20 +354,30 @@ class Source:
                 for i, p in enumerate(pairs):
                     if key not in {c["key"] for c in p["config"]}:
                         values[i + 1] = values[0]
-            finals = _finals(con, ids)
+            members = [m for s in sides for m in s["run_ids"]]
+            names = dict(con.execute("SELECT run_id, name FROM runs WHERE run_id IN "
+                                     "(SELECT unnest(?::VARCHAR[]))", [members]).fetchall())
+            for s in sides:
+                s["members"] = [{"run_id": m, "name": names.get(m)} for m in s["run_ids"]]
+            finals = _finals(con, members)
+            gm = groups.statistics(con, [s["run_id"] for s in sides if s["kind"] == "group"],
+                                  [k for f in finals.values() for k in f])
             keys = sorted({k for f in finals.values() for k in f if not stats.is_companion(k)},
                           key=lambda k: (finals_split(finals, k) == "train", k))
             metrics = [{"key": k, "split": finals_split(finals, k), "values": [
-                _with_ci({x: v for x, (_, v) in finals[i].items()}, k) for i in ids]}
-                for k in keys]
-            by_run = _curves(con, ids)
-            rates = _task_rates(con, ids)
-            for p in pairs:
-                p["tasks"] = _task_diff(rates[ids[0]], rates[p["cand"]])
-            return {"runs": runs, "metrics": metrics, "pairs": pairs,
+                _with_ci({x: v for x, (_, v) in finals[s["run_id"]].items()}, k)
+                if s["kind"] == "run" else gm[s["run_id"]]["metrics"].get(
+                    k, {"value": None, "ci": None, "n": None}) for s in sides]} for k in keys]
+            by_run = _curves(con, members)
+            rates = _task_rates(con, members)
+            side_rates = [groups.pooled_rates([rates[m] for m in s["run_ids"]]) for s in sides]
+            for i, p in enumerate(pairs):
+                p["tasks"] = _task_diff(side_rates[0], side_rates[i + 1])
+            return {"runs": sides, "metrics": metrics, "pairs": pairs,
                     "config": [{"key": k, "values": v} for k, v in sorted(config.items())],
                     "config_keys_same": pairs[0]["config_keys_same"] if len(pairs) == 1 else None,
-                    "curves": [by_run[i] for i in ids]}
+                    "curves": [groups.mean_curves([by_run[m] for m in s["run_ids"]])
+                               for s in sides]}
 
         return self._read(read)
 
@@ -450,14 +475,43 @@ class Keys:
             if op == "~":
                 return f"contains(lower(coalesce({col}, '')), lower(?))", [raw], key
             return f"{col} {OPS[op]} ?", [raw], key
-        table, vnum, vtext = (("metric_summary", "final_value", "final_text") if kind == "metric"
-                              else ("params", PARAM_NUM, "value_text"))
-        sub = f"r.run_id IN (SELECT run_id FROM {table} WHERE key = ? AND "
+        if kind == "param":  # on runs (r): a group is in when one of its runs is
+            sub = "r.run_id IN (SELECT run_id FROM params WHERE key = ? AND "
+            if num is not None:
+                return sub + f"{PARAM_NUM} {OPS[op]} ?)", [key, num], key
+            if op == "~":
+                return sub + "contains(lower(value_text), lower(?)))", [key, raw], key
+            return sub + f"value_text {OPS[op]} ?)", [key, raw], key
+        # a metric, on rows (i): a run's final value, a group's mean (a number, never text)
+        run = ("i.group_id IS NULL AND i.item IN (SELECT run_id FROM metric_summary "
+               "WHERE key = ? AND ")
         if num is not None:
-            return sub + f"{vnum} {OPS[op]} ?)", [key, num], key
+            return (f"(({run}final_value {OPS[op]} ?)) OR (i.group_id IS NOT NULL AND i.item IN "
+                    f"(SELECT group_id FROM group_metrics WHERE key = ? AND mean {OPS[op]} ?)))",
+                    [key, num, key, num], key)
         if op == "~":
-            return sub + f"contains(lower({vtext}), lower(?)))", [key, raw], key
-        return sub + f"{vtext} {OPS[op]} ?)", [key, raw], key
+            return f"({run}contains(lower(final_text), lower(?))))", [key, raw], key
+        return f"({run}final_text {OPS[op]} ?))", [key, raw], key
+
+
+def _run_rows(con: Any, ids: list[str], metric_cols: list[str], param_cols: list[str]
+              ) -> dict[str, dict[str, Any]]:
+    """run id -> what its row of the runs table shows."""
+    cells = _cells(con, ids, metric_cols, param_cols)
+    out = {}
+    for r in con.execute(
+        "SELECT run_id, name, status, algorithm, model, steps, max_steps, started_at, "
+        "duration_s, conclusion, seed FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+        [ids]).fetchall():
+        m, p = cells.get(r[0], ({}, {}))
+        out[r[0]] = {
+            "kind": "run", "run_id": r[0], "name": r[1], "status": r[2], "algorithm": r[3],
+            "model": r[4], "steps": r[5], "max_steps": r[6], "started_at": reports.iso(r[7]),
+            "duration_s": r[8], "conclusion": r[9], "seed": r[10],
+            "metrics": {k: _with_ci(m, k) for k in metric_cols},
+            "params": {k: p.get(k) for k in param_cols},
+        }
+    return out
 
 
 def _cells(con: Any, ids: list[str], metric_cols: list[str], param_cols: list[str]
@@ -544,6 +598,17 @@ def _task_rates(con: Any, ids: list[str]) -> dict[str, dict[str, dict[str, tuple
         GROUP BY ALL ORDER BY p.benchmark, p.task_id""", [ids]).fetchall():
         out[run_id].setdefault(bench, {})[task] = (rate, answer, instruction)
     return out
+
+
+def _check_ids(con: Any, ids: list[str]) -> None:
+    """Each id must be exactly a run's or a replicate group's (no names, prefixes or paths)."""
+    known = {i for (i,) in con.execute(
+        "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) UNION "
+        "SELECT group_id FROM groups WHERE group_id IN (SELECT unnest(?::VARCHAR[]))",
+        [ids, ids]).fetchall()}
+    for i in ids:
+        if i not in known:
+            raise BadRequest(f"no run or replicate group with id {i[:80]!r} in this workspace")
 
 
 def _task_diff(base: dict[str, dict[str, tuple]], cand: dict[str, dict[str, tuple]]

@@ -1,10 +1,13 @@
-"""The deep check of a config, in a child process: the server never runs config-named code.
+"""The deep check of a config or a benchmark, in a child process: the server never runs
+config-named code.
 
 A deep check runs code the config names: `data.transform` is applied to every row, and python
 verifiers are imported to see that they load. That code is the agent's, so it runs where the
 run itself would run it, in a process of its own (`evsys validate --deep --json`, in its own
-session, killed with its group if it runs past DEEP_CHECK_TIMEOUT_S), never inside the server. The
-server's own checks (`validate_config(deep=false)`, `write_config`) only parse: see
+session, killed with its group if it runs past DEEP_CHECK_TIMEOUT_S), never inside the server:
+for `validate_config(deep=true)` and `launch_run` on the config, for `score_benchmark` on the
+benchmark directory (when a task has a python verifier). The server's own checks
+(`validate_config(deep=false)`, `write_config`, score_benchmark's arguments) only parse: see
 evsys_core.usercode.check_defines.
 """
 
@@ -28,7 +31,8 @@ MAX_REPORT_BYTES = 4 * 2**20
 
 def deep_validate(workspace: Path, config: Path, overrides: Sequence[str] = (),
                   timeout_s: float = DEEP_CHECK_TIMEOUT_S) -> dict[str, Any]:
-    """The `evsys validate --deep --json` report of `config`, as a dict (Report's fields)."""
+    """The `evsys validate --deep --json` report of `config` (a config file or a benchmark
+    directory), as a dict (Report's fields)."""
     cmd = [sys.executable, "-m", "evsys_core.cli", "validate", str(config), "--deep", "--json",
            "--workspace", str(workspace)]
     for item in overrides:

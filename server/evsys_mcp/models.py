@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_serializer
 
-from evsys_core.validate import Report
+from evsys_core.report import Report
 
 NEXT = Field(None, description="pass as `offset` to read the next page; null when this is the last")
 
@@ -138,8 +138,15 @@ class FileList(BaseModel):
     note: str | None = None
 
 
-class LaunchResult(BaseModel):
+class Replicate(BaseModel):
+    seed: int
     run_id: str
+    run_name: str
+    run_dir: str
+
+
+class LaunchResult(BaseModel):
+    run_id: str = Field(description="the run's id (a group: its first replicate's)")
     run_name: str
     run_dir: str
     kind: str = Field(description="train or score")
@@ -147,6 +154,10 @@ class LaunchResult(BaseModel):
     status: str
     config_path: str | None = None
     log_path: str
+    seed: int | None = None
+    group_id: str | None = Field(None, description="a replicate group's id (launch_run with seeds)")
+    group_name: str | None = None
+    replicates: list[Replicate] = Field(default_factory=list, description="every replicate, in run order")
     message: str
 
 

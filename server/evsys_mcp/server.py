@@ -91,7 +91,9 @@ Work in a loop, one experiment per iteration:
 6. record_conclusion on the run: what changed, the compare_runs verdict with its delta, 95% CI,
    p-value, paired tasks and seeds, whether the expectation held, and what to try next. Call a
    change better only on a `better` verdict; `inconclusive` is not an improvement: add
-   replicates or tasks before concluding. A run without a conclusion is a wasted run.
+   replicates (launch_run with seeds="0,1,2" for both configs, then compare_runs on the two
+   group names, which pools every replicate's tasks) or tasks before concluding. A run without
+   a conclusion is a wasted run.
 7. Go back to 1. Stop when the budget is spent or the last changes stopped helping, and end
    with a summary of the best config and the evidence for it.
 """

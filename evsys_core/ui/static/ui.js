@@ -45,7 +45,20 @@
       .finally(function () { if (log.hasAttribute("data-running")) setTimeout(pollLog, EVERY_MS); });
   }
 
+  // a replicate group's row lists its runs below it when its ▸ button is pressed
+  function toggleGroup(button) {
+    var open = button.getAttribute("aria-expanded") !== "true";
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+    button.textContent = open ? "\u25be" : "\u25b8";
+    document.querySelectorAll("tr.member").forEach(function (tr) {
+      if (tr.getAttribute("data-member-of") === button.getAttribute("data-group")) tr.hidden = !open;
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("button.expand[data-group]").forEach(function (b) {
+      b.addEventListener("click", function () { toggleGroup(b); });
+    });
     if (running().length) setTimeout(pollStatus, EVERY_MS);
     setTimeout(pollLog, EVERY_MS);
   });

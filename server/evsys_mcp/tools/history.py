@@ -8,7 +8,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
 from pydantic import Field
 
-from evsys_core import rundir
+from evsys_core import rundir, safefs
 from evsys_core.errors import RunError, UsageError
 from evsys_core.jobs import pages
 
@@ -32,6 +32,7 @@ Kind = Literal["train", "score", "all"]
 RowField = Literal["name", "status", "kind", "run_dir", "algorithm", "model", "backend", "started_at", "ended_at",
                    "step", "max_steps", "parent_run_id", "metrics", "conclusion"]
 MetricKey = Annotated[str, Field(min_length=1, max_length=200)]
+SPLIT_PATTERN = f"^{safefs.SAFE_NAME.pattern}$"  # a split is a safe name (config.py checks the same)
 KIND_FIELD = Field(description="train: training runs (default); score: score_benchmark runs; all: both")
 
 
@@ -177,7 +178,7 @@ class HistoryTools(Base):
         run: RunRef,
         keys: Annotated[list[MetricKey] | None, Field(
             max_length=50, description="metric keys, e.g. ['train/mean_loss', 'val/val/pass@1']; default all")] = None,
-        split: Annotated[str | None, Field(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description=(
+        split: Annotated[str | None, Field(max_length=100, pattern=SPLIT_PATTERN, description=(
             "only metrics logged in this split: train, or a benchmark's split (val by default); an unknown "
             "split is answered with the run's splits"))] = None,
         max_points: Annotated[int, Field(ge=2, le=MAX_TOTAL_POINTS, description=(
@@ -216,7 +217,7 @@ class HistoryTools(Base):
         keys: Annotated[list[MetricKey] | None, Field(
             max_length=10, description="metric keys to draw; default the training loss and every evaluation metric "
                                        "(at most 10)")] = None,
-        split: Annotated[str | None, Field(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        split: Annotated[str | None, Field(max_length=100, pattern=SPLIT_PATTERN,
                                            description="only metrics of this split")] = None,
     ) -> Image:
         """The run's learning curves as a PNG image (~20-40,000 characters of base64)."""
@@ -322,7 +323,7 @@ class HistoryTools(Base):
         if not text.strip():
             raise ToolError("text is blank; write what the run showed")
         run_id, run_dir = self._resolve(run)
-        with self._index_lock:
-            conclude(self.workspace, run_id, text.strip(), author="agent")
+        with self._index() as idx:
+            conclude(self.workspace, run_id, text.strip(), author="agent", index=idx)
         return ConclusionResult(run_id=run_id, path=self._rel(run_dir / rundir.CONCLUSION), chars=len(text.strip()),
                                 message="recorded; list_runs and query_runs (table conclusions) now show it")

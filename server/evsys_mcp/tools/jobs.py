@@ -21,7 +21,7 @@ from evsys_core.stats import format_metrics
 
 from .. import budget, paths
 from ..boundary import tool_boundary
-from ..models import CancelResult, LaunchResult, LogPage, RunStatus, WaitResult
+from ..models import CancelResult, LaunchResult, LogPage, Replicate, RunStatus, WaitResult
 from .base import Base, ConfigPath, RunRef
 
 MAX_WAIT_S = 600
@@ -33,8 +33,17 @@ class JobTools(Base):
 
     def _launched(self, launch: Any, what: str) -> LaunchResult:
         d = launch.as_dict(self.workspace)
-        return LaunchResult(**d, message=f"{what}; call wait_for_run(run='{launch.run_id}') to follow it, "
-                                         "tail_log to see its output, cancel_run to stop it")
+        d["replicates"] = [Replicate(**{k: r[k] for k in ("seed", "run_id", "run_name", "run_dir")})
+                           for r in d["replicates"]]
+        if not launch.group_id:
+            return LaunchResult(**d, message=f"{what}; call wait_for_run(run='{launch.run_id}') to follow it, "
+                                             "tail_log to see its output, cancel_run to stop it")
+        last = launch.replicates[-1].run_id
+        return LaunchResult(**d, message=(
+            f"{what} group {launch.group_name} ({len(launch.replicates)} seeds, one after another in one "
+            f"process); wait_for_run(run='{last}') waits for the last seed, tail_log on a replicate shows its "
+            f"output, cancel_run on any replicate stops the group; then compare_runs with "
+            f"'{launch.group_name}' pools its replicates"))
 
     def _check_capacity_words(self, e: Exception) -> ToolError:
         return ToolError(f"{e} (the server's --max-concurrent-runs sets the limit)")
@@ -48,9 +57,14 @@ class JobTools(Base):
                                    "['algorithm.params.learning_rate=3e-4']")] = [],  # noqa: B006
         run_name: Annotated[str | None, Field(max_length=100, description="name of the run directory "
                                               "(default: the config's run_name)")] = None,
+        seeds: Annotated[str | None, Field(max_length=1_000, pattern=r"^\s*\d{1,9}(\s*,\s*\d{1,9}){0,99}\s*$",
+                                           description=(
+            "launch a replicate group instead: the config once per seed, e.g. '0,1,2' (at most 100 distinct "
+            "seeds), one after another in one process; compare_runs and best_runs take the group's name"))] = None,
     ) -> LaunchResult:
         """Check a config as `evsys run` does (deep), start the run as a detached process and return at
-        once with its id and directory (~400 characters). Refused while the server's run limit is reached."""
+        once with its id and directory (~400 characters; with seeds, plus ~150 a replicate). Refused while the
+        server's run limit is reached (a group is one process: it takes one place)."""
         from evsys_core.errors import RunError
 
         cfg_path = paths.config_path(self.workspace, config_path, must_exist=True)
@@ -62,7 +76,7 @@ class JobTools(Base):
             launch = self.engine.launch_run(cfg_path, overrides, run_name,
                                             check=lambda cfg: self._confine_config(cfg, self._rel(cfg_path),
                                                                                    "launched"),
-                                            deep_check=self._deep_check)
+                                            deep_check=self._deep_check, seeds=seeds)
         except RunError as e:
             if "already running" in str(e):
                 raise self._check_capacity_words(e) from None
@@ -75,6 +89,15 @@ class JobTools(Base):
         if not report.ok:
             raise ToolError(f"{self._rel(config)} is not valid (deep check), nothing was launched:\n"
                             f"{self._issues_text(report)}\nfix the config (validate_config shows the same report)")
+
+    def _deep_check_benchmark(self, bench: Path) -> None:
+        """The benchmark's python verifiers imported in the deep check's child process (never in this
+        one); refuse the score on any error."""
+        report = self._validate(bench, deep=True)
+        if not report.ok:
+            raise ToolError(f"{self._rel(bench)} is not valid (deep check), nothing was scored:\n"
+                            f"{self._issues_text(report)}\nfix its tasks or verifier modules "
+                            f"(`evsys validate --deep {self._rel(bench)}` shows the same report)")
 
     def _status(self, st: dict[str, Any], run_id: str) -> RunStatus:
         final, cut_f = budget.metrics(st.get("final_metrics"), METRICS_CHARS)
@@ -200,7 +223,8 @@ class JobTools(Base):
                 raise ToolError(f"model {model!r}: give a model name or a path inside the workspace")
         run_dir = self._resolve(run)[1] if run is not None else None
         try:
-            launch = self.engine.launch_score(bench, model=model, run=str(run_dir) if run_dir else None,
+            launch = self.engine.launch_score(bench, deep_check=self._deep_check_benchmark, model=model,
+                                              run=str(run_dir) if run_dir else None,
                                               metrics=metrics, num_samples=num_samples)
         except Exception as e:
             if "already running" in str(e):
