@@ -51,6 +51,8 @@ INDEX_DIR = ".evsys"
 INDEX_FILE = "index.duckdb"
 LOCK_FILE = "index.lock"
 VANISHED_RETRIES = 4  # times a command starts over when .evsys is deleted under it
+LONG_LIVED_RECHECK_S = 2.0  # a long-lived reader (evsys-mcp, evsys ui): a change inside a finished
+                            # run's folder shows within this long (docs/history.md)
 
 jsonable = reports.jsonable
 T = TypeVar("T")

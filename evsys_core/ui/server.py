@@ -37,7 +37,7 @@ from evsys_core import rundir, stats
 from evsys_core.errors import EvsysError, UsageError
 from evsys_core.history import reports
 from evsys_core.history.ingest import flatten
-from evsys_core.history.index import Index, open_index
+from evsys_core.history.index import LONG_LIVED_RECHECK_S, Index, open_index
 from evsys_core.ui import groups, pages
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -149,7 +149,8 @@ class Source:
     """Each page's data, read from the workspace's index."""
 
     def __init__(self, workspace: Path | str, refresh_s: float = 1.0):
-        self.index: Index = open_index(workspace)
+        # a long-lived reader, as evsys-mcp: held read-only connection, settled refreshes
+        self.index: Index = open_index(workspace, recheck_finished_s=LONG_LIVED_RECHECK_S, hold=True)
         self.workspace = self.index.workspace
         self.refresh_s = refresh_s
         self._refreshed = time.monotonic()

@@ -24,7 +24,6 @@ ConfigPath = Annotated[str, Field(
     description="a .yaml/.yml path relative to the workspace; a bare file name means experiments/<name>")]
 Offset = Annotated[int, Field(ge=0, le=10**12, description="where this page starts (a previous answer's next_offset)")]
 
-RECHECK_FINISHED_S = 2.0  # a change inside a finished run's folder shows within this long
 ROW_METRICS = 8          # metrics per list_runs row unless `metrics` names them
 ROW_METRIC_CHARS = 1_500
 
@@ -44,15 +43,15 @@ class Base:
     @contextlib.contextmanager
     def _index(self) -> Iterator[Any]:
         """The workspace's index, refreshed: one Index kept for the server's life, holding its
-        read-only connection and taking a settled walk between full ones (RECHECK_FINISHED_S;
+        read-only connection and taking a settled walk between full ones (LONG_LIVED_RECHECK_S;
         docs/history.md, "A long-lived reader")."""
-        from evsys_core.history.index import Index
+        from evsys_core.history.index import LONG_LIVED_RECHECK_S, Index
 
         with self._index_lock:  # one call at a time on the index
             if self._idx is None:
                 self._idx = Index(self.workspace, **({} if self.query_timeout_s is None
                                                       else {"query_timeout_s": self.query_timeout_s}),
-                                  recheck_finished_s=RECHECK_FINISHED_S, hold=True)
+                                  recheck_finished_s=LONG_LIVED_RECHECK_S, hold=True)
             self._idx.refresh()
             yield self._idx
 
