@@ -24,4 +24,4 @@ def test_draw_returns_png_bytes_without_a_path():
     png = draw([Panel("p", [("a", [(0, 1.0), (1, 2.0)])])])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(TypeError):
-        Panel("p", [], "y", "x", "extra")  # the fields are title, series, ylabel, xlabel
+        Panel("p", [], "y", "x", False, "extra")  # the fields: title, series, ylabel, xlabel, logx
