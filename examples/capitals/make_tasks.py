@@ -126,10 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with the files instead of writing")
     ap.add_argument("--out", type=Path, default=REPO, help="root to write under (default: the repository)")
     args = ap.parse_args(argv)
+    return write_or_check(build(), args.out, args.check, "examples/capitals/make_tasks.py")
+
+
+def write_or_check(files: dict[str, str], root: Path, check: bool, script: str) -> int:
+    """Write each generated file under `root`, or (check) report the ones that differ; 1 if any do."""
     stale = []
-    for rel, text in build().items():
-        path = args.out / rel
-        if args.check:
+    for rel, text in files.items():
+        path = root / rel
+        if check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(rel)
             continue
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(text, encoding="utf-8")
         print(f"wrote {rel} ({text.count(chr(10))} rows)")
     if stale:
-        print("out of date (rerun examples/capitals/make_tasks.py): " + ", ".join(stale), file=sys.stderr)
+        print(f"out of date (rerun {script}): " + ", ".join(stale), file=sys.stderr)
         return 1
     return 0
 

@@ -180,20 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         measure(REPO, mfile)
         print(f"wrote {mfile.relative_to(REPO)}")
     measured = json.loads(mfile.read_text(encoding="utf-8")) if mfile.exists() else None
-    stale = []
-    for rel, text in build(measured).items():
-        path = REPO / rel
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(rel)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {rel} ({text.count(chr(10))} rows)")
-    if stale:
-        print("out of date (rerun examples/sdft_vs_sft/make_tasks.py): " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    return _capitals().write_or_check(build(measured), REPO, args.check, "examples/sdft_vs_sft/make_tasks.py")
 
 
 if __name__ == "__main__":
