@@ -91,7 +91,7 @@ def test_a_study_never_writes_into_a_folder_that_holds_something(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["earlier.txt"]  # nothing written, nothing run
 
 
-def hand_made_study(ws: Path) -> None:
+def hand_made_study(ws: Path, arms: tuple[str, ...] = ARMS) -> None:
     """Three arms x two seeds of known predictions: every arm starts at the same base answers
     (step 0); at step 12 sdft passes t0..t5 of each new benchmark, sft_* pass t0..t9, and on the
     prior benchmarks sdft keeps all it had (t0..t4) while sft_* keep t0..t1. Seed 1 of sdft also
@@ -101,7 +101,7 @@ def hand_made_study(ws: Path) -> None:
 
     out = ws / "runs"
     n = 20
-    for arm in ARMS:
+    for arm in arms:
         for seed in (0, 1):
             preds, rows = {}, []
             for b in BENCHES:
@@ -167,6 +167,37 @@ def test_report_pools_seeds_and_pairs_arms_with_evsys_compare(tmp_path):
     report = (ws / "report.md").read_text()
     assert "| sdft | 0.0005 | 0.325 ± " in report and "| retention | sft_bare | sdft | +0.150 |" in report
     assert (ws / "tradeoff.png").stat().st_size > 1000 and (ws / "curves_new_para.png").stat().st_size > 1000
+
+
+def test_each_reference_setting_reaches_the_sdft_config_as_given():
+    from evsys_core.config import load_config
+
+    run = load("run")
+    for name, params in run.ABLATIONS.items():
+        sets = [f"algorithm.params.{k}={json.dumps(v)}" for k, v in params.items()]
+        got = load_config(STUDY / "sdft.yaml", overrides=sets).algorithm.params
+        assert {k: getattr(got, k) for k in params} == params, name
+    assert "\n\nThis is an example" in run.ABLATIONS["demo_template"]["demo_template"]
+
+
+def test_ablation_report_pairs_each_setting_with_the_default_sdft_group(tmp_path):
+    run = load("run")
+    ws = tmp_path / "study"
+    hand_made_study(ws, arms=("sdft", "sdft_skip_first_tokens"))  # the second: the sft pattern
+    run.WS = ws
+    plan = dict(run.PLANS["quick"], seeds="0,1", steps=12)
+    result = run.ablation_report("quick", plan, ["skip_first_tokens"], {"total": 1.0}, ws)
+    default, ablated = result["rows"]
+    assert default["group"] == "sdft" and "vs_default" not in default
+    assert default["ceiling"] == {"teacher_pass@1": 0.9, "student_pass@1": 0.1}
+    assert ablated["params"] == {"skip_first_tokens": 3} and ablated["new_seen"]["mean"] == pytest.approx(0.5)
+    v = ablated["vs_default"]["new_seen"]  # 10 of 20 against 6 (and t06 on one seed of two)
+    assert v["delta"] == pytest.approx(3.5 / 20) and v["p_value"] == pytest.approx(0.125)
+    assert v["verdict"] == "inconclusive" and v["n_tasks"] == 20
+    assert ablated["vs_default"]["retention"]["delta"] == pytest.approx(-3 / 20)
+    md = (ws / "ablations.md").read_text()
+    assert "| sdft | 0.900 / 0.100 | 0.325 ± " in md and "| sdft_skip_first_tokens | new_seen | +0.175 |" in md
+    assert json.loads((ws / "ablations.json").read_text())["rows"][1]["group"] == "sdft_skip_first_tokens"
 
 
 @pytest.mark.slow

@@ -1,11 +1,13 @@
-"""Does SDFT forget less than SFT? `python examples/sdft_vs_sft/run.py [--quick] [--seeds 0,1,2]`.
+"""Does SDFT forget less than SFT? `python examples/sdft_vs_sft/run.py [--quick] [--seeds 0,1,2] [--ablate]`.
 
 Full run: for each method (SFT on the bare answer, SFT on a sentence, SDFT) pick the learning
 rate on the validation split (one seed per grid value; the rate with the best mean of the
 new-skill validation score and the prior-skill validation score wins), then train each method
 with its rate under every seed, evaluating the new skill and the two prior skills at several
 steps. `--quick` (1 seed, data/quick/, fewer steps, no rate search: the rates in the arm
-configs) is the smoke test. Everything goes through `evsys run` and evsys's index and stats;
+configs) is the smoke test. `--ablate` trains only the SDFT arm, with its defaults and with
+each reference implementation's choice that evsys does not make by default (docs/sdft.md),
+and compares each with the default by `evsys compare`. Everything goes through `evsys run` and evsys's index and stats;
 the report (report.md, results.json, curves_*.png, tradeoff.png) lands in --out (default
 examples/sdft_vs_sft/outputs/<mode>-<time>/), which is also the runs' workspace: its own index,
 its own run names.
@@ -39,6 +41,19 @@ PLANS = {
     "quick": {"data": "data/quick", "seeds": "0", "steps": 8, "every_new": 4, "every_prior": 8,
               "grid": ()},
 }
+
+# docs/sdft.md, "Remaining differences": each reference choice evsys does not make by default,
+# as the SDFT arm's parameters. Full-vocabulary distillation (topk 49152) is left out: 5.5 s per
+# 8 tokens to build its targets on this CPU.
+REFERENCE_TEMPLATE = ("{prompt}\n\nThis is an example for a response to the question:\n{expected}\n\n"
+                      "Now answer with a response of your own, including the thinking process.")
+ABLATIONS = {
+    "demo_template": {"demo_template": REFERENCE_TEMPLATE},
+    "skip_first_tokens": {"skip_first_tokens": 3},
+    "sequence_mean": {"loss_reduction": "sequence_mean"},
+    "ema_teacher": {"teacher": "ema", "ema_rate": 0.01},
+}
+FIELDS = ("base", "cand", "delta", "ci_low", "ci_high", "p_value", "test", "n_tasks", "verdict")
 
 
 def overrides(plan: dict, out: Path, benches: tuple[str, ...], every: tuple, lr: float | None,
@@ -171,13 +186,12 @@ def report(mode: str, plan: dict, chosen: dict, select_rows: list, walls: dict, 
                       "prior_avg": summary(pooled([final[arm][b] for b in PRIOR]))})
     verdicts = []
     pairs = [("sft_bare", "sdft"), ("sft_sentence", "sdft"), ("sft_bare", "sft_sentence")]
-    fields = ("base", "cand", "delta", "ci_low", "ci_high", "p_value", "test", "n_tasks", "verdict")
     for lo, hi in pairs:  # group against group at their final evaluations: `evsys compare`
         metrics = compare_groups(out, lo, hi)
         for b in BENCHES:
             m = metrics[f"val/{b}/pass@1"]
             verdicts.append({"benchmark": b, "base_arm": lo, "cand_arm": hi, "by": "evsys compare",
-                             **{k: m[k] for k in fields}})
+                             **{k: m[k] for k in FIELDS}})
     # against the start (step 0 of the same runs) and on the pooled prior tasks: evsys compare
     # pairs two sides at one step, so these use its test (stats.paired_compare) directly
     for b in (*BENCHES, "prior_avg"):
@@ -186,7 +200,7 @@ def report(mode: str, plan: dict, chosen: dict, select_rows: list, walls: dict, 
         for lo, hi in ([("base", arm) for arm in ARMS] + (pairs if b == "prior_avg" else [])):
             p = stats.paired_compare(side[lo], side[hi]).as_dict()
             verdicts.append({"benchmark": b, "base_arm": lo, "cand_arm": hi, "by": "stats.paired_compare",
-                             **{k: p[k] for k in fields}})
+                             **{k: p[k] for k in FIELDS}})
     trunc = {b: {"base": truncation(groups["sft_bare"], b, 0),
                  **{arm: truncation(groups[arm], b, "final") for arm in ARMS}} for b in BENCHES}
     ceiling = {k: train_metric(groups["sdft"], f"train/{k}") for k in ("teacher_pass@1", "student_pass@1")}
@@ -252,6 +266,58 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def ablate(mode: str, plan: dict, config: str, out: Path) -> dict:
+    """The SDFT arm as configured and with each of ABLATIONS, under the plan's seeds, steps and
+    the arm config's rate; every benchmark scored once, at the last step."""
+    every = (plan["steps"],) * len(BENCHES)
+    walls, t0 = {}, time.monotonic()
+    for name, params in {"default": {}, **ABLATIONS}.items():
+        group = "sdft" if name == "default" else f"sdft_{name}"
+        sets = overrides(plan, out, BENCHES, every, None, "sdft")
+        sets += [a for k, v in params.items() for a in ("--set", f"algorithm.params.{k}={json.dumps(v)}")]
+        t = time.monotonic()
+        train("sdft", group, plan["seeds"], sets, out, config)
+        walls[group] = time.monotonic() - t
+    walls["total"] = time.monotonic() - t0
+    return ablation_report(mode, plan, list(ABLATIONS), walls, out)
+
+
+def ablation_report(mode: str, plan: dict, names: list[str], walls: dict, out: Path) -> dict:
+    """Each ablation group against the default SDFT group: scores, the teacher's ceiling, and
+    `evsys compare`'s paired verdict per benchmark (ablations.json, ablations.md)."""
+    idx = open_index(out)
+    rows = []
+    for group in ["sdft", *(f"sdft_{n}" for n in names)]:
+        runs = group_runs(idx, group)
+        row = {"group": group, "params": ABLATIONS.get(group.removeprefix("sdft_"), {}),
+               "ceiling": {k: train_metric(runs, f"train/{k}") for k in ("teacher_pass@1", "student_pass@1")},
+               **{b: summary(per_task(runs, b, "final")) for b in BENCHES}}
+        if group != "sdft":
+            metrics = compare_groups(out, "sdft", group)
+            row["vs_default"] = {b: {k: metrics[f"val/{b}/pass@1"][k] for k in FIELDS} for b in BENCHES}
+        rows.append(row)
+    result = {"mode": mode, "seeds": plan["seeds"], "steps": plan["steps"], "rows": rows, "wall_s": walls}
+    (out / "ablations.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"# SDFT's reference settings, one at a time ({mode} data, seeds {plan['seeds']}, "
+             f"{plan['steps']} steps)", "", "pass@1 at the last step, mean ± 95% CI over tasks (each task "
+             "averaged over seeds); teacher / student: the step-0 ceiling on the training prompts", "",
+             "| group | teacher / student | " + " | ".join(BENCHES) + " |", "|---" * (len(BENCHES) + 2) + "|"]
+    for r in rows:
+        c = r["ceiling"]
+        ceil = " / ".join("-" if c[k] is None else f"{c[k]:.3f}" for k in ("teacher_pass@1", "student_pass@1"))
+        lines.append(f"| {r['group']} | {ceil} | " + " | ".join(
+            f"{r[b]['mean']:.3f} ± {1.96 * r[b]['stderr']:.3f}" for b in BENCHES) + " |")
+    lines += ["", "Paired against the default SDFT group (`evsys compare sdft GROUP`):", "",
+              "| group | benchmark | delta | 95% CI | p | tasks | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in rows[1:]:
+        for b, v in r["vs_default"].items():
+            lines.append(f"| {r['group']} | {b} | {v['delta']:+.3f} | [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}] | "
+                         f"{v['p_value']:.3g} | {v['n_tasks']} | {v['verdict']} |")
+    lines += ["", "Wall time (s): " + json.dumps({k: round(v) for k, v in walls.items()}), ""]
+    (out / "ablations.md").write_text("\n".join(lines))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, small benchmarks, no rate search")
@@ -259,16 +325,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tinker", action="store_true", help="the *.tinker.yaml configs (needs TINKER_API_KEY)")
     ap.add_argument("--out", type=Path, help="a new folder for the runs and the report")
     ap.add_argument("--model", help="another model for every arm (a local directory, a .gguf, a name)")
+    ap.add_argument("--ablate", action="store_true",
+                    help="only the SDFT arm: its defaults against each reference setting (docs/sdft.md)")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = dict(PLANS[mode], model=args.model, **({"seeds": args.seeds} if args.seeds else {}))
     config = "{arm}.tinker.yaml" if args.tinker else "{arm}.yaml"
-    out = (args.out or HERE / "outputs" / f"{mode}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    stamp = f"{mode}{'-ablate' if args.ablate else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or HERE / "outputs" / stamp).resolve()
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"--out {out} is not empty: pass a new folder (a study never writes over another)")
     out.mkdir(parents=True, exist_ok=True)
     global WS
     WS = out
+    if args.ablate:
+        ablate(mode, plan, config, out)
+        print((out / "ablations.md").read_text())
+        print(f"report: {out}/ablations.md")
+        return 0
     walls, t0 = {}, time.monotonic()
     chosen, select_rows = {}, []
     if plan["grid"]:
