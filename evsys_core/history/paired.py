@@ -23,61 +23,58 @@ from evsys_core.errors import UsageError
 NO_TASKS = "no per-task predictions: delta only, no paired test and no verdict"
 
 
-def task_scores(con: Any, run_id: str, key: str, step: int | None) -> dict[str, float] | None:
-    """task_id -> the metric's value on that task at `step`, from the indexed predictions;
-    None when the key is not `<split>/<bench>/<pass@k | mean_score>` or no rows exist."""
-    parts = key.split("/")
-    if len(parts) != 3 or step is None:
-        return None
-    try:
-        metric = passk.parse_metric(parts[2])
-    except ValueError:
-        return None
-    samples: dict[str, dict[Any, tuple[float, bool]]] = {}
-    for task_id, sample, score, passed in con.execute(
-        "SELECT task_id, sample, score, passed FROM predictions WHERE run_id = ? AND "
-        "benchmark = ? AND step = ? AND task_id IS NOT NULL ORDER BY line",
-        [run_id, parts[1], step]).fetchall():
-        score = float(score) if score is not None and math.isfinite(score) else 0.0
-        samples.setdefault(str(task_id), {})[sample] = (score, bool(passed))  # last line wins
-    if not samples:
-        return None
-    per_task = [list(s.values()) for s in samples.values()]
-    if metric[0] == "pass" and min(map(len, per_task)) < metric[1]:
-        return None  # fewer samples than k: the estimate cannot be formed
-    values = passk.per_task_values([parts[2]], per_task)[parts[2]]
-    return dict(zip(samples, values))
-
-
 def pooled_scores(con: Any, run_ids: Sequence[str], key: str,
                   steps: Sequence[int | None]) -> tuple[dict[str, list[float]], int]:
-    """task_id -> one value per replicate that scored the task, and how many of `run_ids`
-    had per-task predictions for `key` (at their step)."""
+    """task_id -> one value per replicate that scored the task (in `run_ids`' order), and how
+    many of `run_ids` had per-task predictions for `key` at their step. A run's value on a task
+    is the metric recomputed from its indexed prediction rows at that step (the last line of a
+    sample wins); a run has none when the key is not `<split>/<bench>/<pass@k | mean_score>`,
+    it has no rows there, or (pass@k) it has fewer samples than k. One query for all the runs."""
+    parts = key.split("/")
+    at = {r: s for r, s in zip(run_ids, steps) if s is not None}
+    try:
+        metric = passk.parse_metric(parts[2]) if len(parts) == 3 else None
+    except ValueError:
+        metric = None
+    if metric is None or not at:
+        return {}, 0
+    samples: dict[str, dict[str, dict[Any, tuple[float, bool]]]] = {r: {} for r in at}
+    for run_id, step, task_id, sample, score, passed in con.execute(
+        "SELECT run_id, step, task_id, sample, score, passed FROM predictions WHERE benchmark = ? "
+        "AND run_id IN (SELECT unnest(?::VARCHAR[])) AND step IN (SELECT unnest(?::BIGINT[])) "
+        "AND task_id IS NOT NULL ORDER BY line", [parts[1], list(at), sorted(set(at.values()))]).fetchall():
+        if at[run_id] == step:
+            score = float(score) if score is not None and math.isfinite(score) else 0.0
+            samples[run_id].setdefault(str(task_id), {})[sample] = (score, bool(passed))
     pooled: dict[str, list[float]] = {}
     used = 0
-    for run_id, step in zip(run_ids, steps):
-        scores = task_scores(con, run_id, key, step)
-        if scores:
-            used += 1
-            for task, value in scores.items():
-                pooled.setdefault(task, []).append(value)
+    for run_id in at:
+        per_task = [list(s.values()) for s in samples[run_id].values()]
+        if not per_task or (metric[0] == "pass" and min(map(len, per_task)) < metric[1]):
+            continue  # no rows, or fewer samples than k: the estimate cannot be formed
+        used += 1
+        values = passk.per_task_values([parts[2]], per_task)[parts[2]]
+        for task, value in zip(samples[run_id], values):
+            pooled.setdefault(task, []).append(value)
     return pooled, used
 
 
-def _values_at(con: Any, run_ids: Sequence[str], key: str,
-               step: int | None) -> list[tuple[Any, int | None]]:
-    """(value, step) of a metric in each of `run_ids` (in their order) at `step`, or its final
-    value when step is None; (None, None) for a run without it. One query for all the runs."""
-    ids = list(run_ids)
+def _values_at(con: Any, run_ids: Sequence[str], keys: Sequence[str],
+               step: int | None) -> dict[str, list[tuple[Any, int | None]]]:
+    """key -> (value, step) of the metric in each of `run_ids` (in their order) at `step`, or
+    its final value when step is None; (None, None) for a run without it. One query for all
+    the runs and keys."""
+    ids, keys = list(run_ids), list(keys)
     if step is None:
-        rows = con.execute("SELECT run_id, final_value, final_step FROM metric_summary WHERE "
-                           "key = ? AND run_id IN (SELECT unnest(?::VARCHAR[]))", [key, ids])
+        rows = con.execute("SELECT key, run_id, final_value, final_step FROM metric_summary WHERE "
+                           "key IN (SELECT unnest(?::VARCHAR[])) AND run_id IN (SELECT unnest(?::VARCHAR[]))",
+                           [keys, ids])
     else:
-        rows = con.execute("SELECT run_id, arg_max(value, line), any_value(step) FROM metrics "
-                           "WHERE key = ? AND step = ? AND run_id IN (SELECT unnest(?::VARCHAR[]))"
-                           " GROUP BY run_id", [key, step, ids])
-    got = {r: (v, s) for r, v, s in rows.fetchall()}
-    return [got.get(r, (None, None)) for r in ids]
+        rows = con.execute("SELECT key, run_id, arg_max(value, line), any_value(step) FROM metrics "
+                           "WHERE key IN (SELECT unnest(?::VARCHAR[])) AND step = ? AND run_id IN "
+                           "(SELECT unnest(?::VARCHAR[])) GROUP BY key, run_id", [keys, step, ids])
+    got = {(k, r): (v, s) for k, r, v, s in rows.fetchall()}
+    return {k: [got.get((k, r), (None, None)) for r in ids] for k in keys}
 
 
 def side_keys(con: Any, run_ids: Sequence[str]) -> dict[str, str]:
@@ -105,13 +102,14 @@ def compare_metrics(con: Any, base: dict[str, Any], cand: dict[str, Any], *,
             raise UsageError(f"--metric {metric!r}: not a metric both {base['name']} and "
                              f"{cand['name']} logged{hint}")
         shared = [metric]
-    return [_compare_key(con, base, cand, key, kb[key], step) for key in shared]
+    values = {side: _values_at(con, s["run_ids"], shared, step) for side, s in (("base", base), ("cand", cand))}
+    return [_compare_key(con, base, cand, key, kb[key], step, {side: v[key] for side, v in values.items()})
+            for key in shared]
 
 
 def _compare_key(con: Any, base: dict[str, Any], cand: dict[str, Any], key: str, split: str,
-                 step: int | None) -> dict[str, Any]:
-    at = {side: _values_at(con, s["run_ids"], key, step)
-          for side, s in (("base", base), ("cand", cand))}
+                 step: int | None, at: dict[str, list[tuple[Any, int | None]]]) -> dict[str, Any]:
+    """One metric's entry; `at`: each side's (value, step) per run (`_values_at`)."""
     value = {side: _mean([v for v, _ in vals]) for side, vals in at.items()}
     last = {side: max((s for _, s in vals if s is not None), default=None)
             for side, vals in at.items()}
@@ -169,7 +167,7 @@ def versus_top(con: Any, sides: list[dict[str, Any]], key: str) -> list[dict[str
         return out
 
     def pool(s: dict[str, Any]) -> tuple[dict[str, list[float]], int]:
-        steps = [st for _, st in _values_at(con, s["run_ids"], key, None)]
+        steps = [st for _, st in _values_at(con, s["run_ids"], [key], None)[key]]
         return pooled_scores(con, s["run_ids"], key, steps)
 
     top = pool(sides[0])
