@@ -224,14 +224,26 @@ def test_topk_sample_logprobs_and_prompt_logprobs_last_n(client, tiny_model_dir,
 # ------------------------------------------------------------------------ offline hub names
 
 
+def offline_hub_cache(monkeypatch, path: Path) -> None:
+    """The Hugging Face cache at `path`, offline, for evsys and for huggingface_hub alike: evsys
+    reads the environment at each call, huggingface_hub read it once, when it was imported
+    (earlier in this process), so its constants are set as well. Without them the hub library
+    looked in ~/.cache/huggingface and passed only where an earlier run had left the entry."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 def test_default_tokenizer_materialised_in_the_hub_cache_offline(tmp_path, monkeypatch, default_model):
     from transformers import AutoTokenizer
 
     from evsys_core.backends import hf_cache
     from evsys_core.backends.models import resolve_local_model
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_hub_cache(monkeypatch, tmp_path / "hub")
     snap = hf_cache.materialise_default_tokenizer()
     assert snap is not None and (snap / "tokenizer.json").is_file() and not list(snap.glob("*.safetensors"))
     assert hf_cache.materialise_default_tokenizer() == snap  # once: the second call writes nothing new
@@ -260,8 +272,7 @@ def local_tinker(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tinker, "ServiceClient", tinker.ServiceClient)
     monkeypatch.setattr(model_info, "get_model_attributes", model_info.get_model_attributes)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_hub_cache(monkeypatch, tmp_path / "hub")
     monkeypatch.setenv("EVSYS_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     monkeypatch.setattr("sys.argv", list(__import__("sys").argv))
 
