@@ -235,6 +235,11 @@ def report(mode: str, plan: dict, chosen: dict, select_rows: list, walls: dict, 
     return result
 
 
+def cell(s: dict) -> str:
+    """A table cell of `summary()`: mean ± the 95% half-width."""
+    return f"{s['mean']:.3f} ± {1.96 * s['stderr']:.3f}"
+
+
 def markdown(r: dict) -> str:
     cols = (*BENCHES, "prior_avg")
     lines = [f"# SDFT vs SFT ({r['mode']} run, seeds {r['seeds']}, {r['plan']['steps']} steps)", "",
@@ -243,7 +248,7 @@ def markdown(r: dict) -> str:
     for row in r["table"]:
         lr = f"{row['lr']:g}" if "lr" in row else "-"
         lines.append(f"| {row['arm']} | {lr} | " + " | ".join(
-            f"{row[c]['mean']:.3f} ± {1.96 * row[c]['stderr']:.3f}" for c in cols) + " |")
+            cell(row[c]) for c in cols) + " |")
     lines += ["", "Paired verdicts (CAND − BASE over tasks, seeds pooled per task):", "",
               "| benchmark | base | cand | delta | 95% CI | p | verdict | by |", "|---|---|---|---|---|---|---|---|"]
     for v in r["verdicts"]:
@@ -306,7 +311,7 @@ def ablation_report(mode: str, plan: dict, names: list[str], walls: dict, out: P
         c = r["ceiling"]
         ceil = " / ".join("-" if c[k] is None else f"{c[k]:.3f}" for k in ("teacher_pass@1", "student_pass@1"))
         lines.append(f"| {r['group']} | {ceil} | " + " | ".join(
-            f"{r[b]['mean']:.3f} ± {1.96 * r[b]['stderr']:.3f}" for b in BENCHES) + " |")
+            cell(r[b]) for b in BENCHES) + " |")
     lines += ["", "Paired against the default SDFT group (`evsys compare sdft GROUP`):", "",
               "| group | benchmark | delta | 95% CI | p | tasks | verdict |", "|---|---|---|---|---|---|---|"]
     for r in rows[1:]:
