@@ -236,8 +236,8 @@ def report(mode: str, plan: dict, chosen: dict, select_rows: list, walls: dict, 
 
 
 def cell(s: dict) -> str:
-    """A table cell of `summary()`: mean ± the 95% half-width."""
-    return f"{s['mean']:.3f} ± {1.96 * s['stderr']:.3f}"
+    """A table cell of `summary()`: mean ± the 95% half-width (the same as stats.format_score)."""
+    return f"{s['mean']:.3f} ± {stats.Z95 * s['stderr']:.3f}"
 
 
 def markdown(r: dict) -> str:
